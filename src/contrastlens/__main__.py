@@ -1,0 +1,5 @@
+import sys
+
+from contrastlens.cli.main import main
+
+sys.exit(main())

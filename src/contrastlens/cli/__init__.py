@@ -1,0 +1,1 @@
+"""Command-line interface: a thin dispatcher over one module per subcommand."""
