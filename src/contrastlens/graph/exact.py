@@ -1,0 +1,180 @@
+"""The exact closed form of an attention transition ``l-1 -> l.mid`` (and of a whole block ``l-1 -> l``).
+
+Under the rules, state i reaches position j != i of the next state only through key k_i and value v_i of
+the attention at query row j, and both are degree-1 homogeneous in h_i once constant (bias) parts are
+split off: detached normalisers make every norm linear, RoPE is linear, projections are linear. So
+Gradient x Input of h_i collapses to the maps' own outputs. Per query head, with a the causal softmax
+(the model's scale, mask and sliding window), e_j = the head's slice of the modified gradient at the
+attention output (W_o^T m_j, with a post-attention norm folded in), o_j = sum_i a_ji v_i:
+
+    term_v[j, i] = c_v * a_ji * (v'_i . e_j)
+    term_k[j, i] = c_k * a_ji * ((v_i - o_j) . e_j) * s'_ji,      s'_ji = scale * q_j . k'_i
+
+where v', k' are the bias-free (homogeneous) parts of v and k, and c_v = 1/2, c_k = 1/4 under AttnLRP
+(c_v = 1, c_k = 0 under CP-LRP). A[j, i] = sum over query heads for i != j (GQA: the heads sharing a KV
+head all use it), and the diagonal follows from the column-sum invariant
+A[i, i] = R_s[i] - sum_{j != i} A[j, i]: the residual, the self term and (for a whole block) the MLP at i
+are position-local, so everything else is automatically included.
+
+The cost is one attention-sized computation per layer, in row blocks: no n x n matrix is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from contrastlens.errors import ContrastLensError
+from contrastlens.graph._model import (
+    BlockView,
+    causal_mask,
+    has_affine_constant,
+    has_qk_norm,
+    kernel_inputs,
+)
+
+
+class ExactNotApplicable(ContrastLensError):
+    """The closed form does not cover this block (the caller falls back to replay)."""
+
+
+def _kernel_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                   window: int | None) -> torch.Tensor:
+    """softmax(scale q k^T + causal mask) v for q [H, n, hd], k, v [KV, n, hd] -> [n, H * hd]."""
+    H, n, hd = q.shape
+    g = H // k.shape[0]
+    kr = k.repeat_interleave(g, dim=0)
+    vr = v.repeat_interleave(g, dim=0)
+    if window:
+        mask = causal_mask(n, window, device=q.device)
+        o = F.scaled_dot_product_attention(q[None], kr[None], vr[None], attn_mask=mask, scale=scale)
+    else:
+        o = F.scaled_dot_product_attention(q[None], kr[None], vr[None], is_causal=True, scale=scale)
+    return o[0].transpose(0, 1).reshape(n, H * hd)
+
+
+def head_gradient(view: BlockView, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Modified gradient at the attention output (before ``o_proj``) given g~ = ``m`` at the residual:
+    the backward of ``attn_out_norm(o_proj(z))`` (normaliser detached by the rules). [n, H * hd]."""
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        y = view.o_proj(zz)
+        if view.attn_out_norm is not None:
+            y = view.attn_out_norm(y)
+        (e,) = torch.autograd.grad(y, zz, m.to(y.dtype))
+    return e
+
+
+class ExactAttention:
+    """Off-diagonal edges of the attention transition into block ``view`` (source state ``h`` [n, d],
+    g~ at the block's mid state ``m`` [n, d]) in row blocks, plus the diagonal from the column sums.
+
+    ``c_v``, ``c_k``: the rule's gradient factors on value and key. Must run under the rules (the
+    post-attention norm's backward is the rule's)."""
+
+    def __init__(self, view: BlockView, h: torch.Tensor, m: torch.Tensor, pe, *, c_v: float, c_k: float,
+                 block_rows: int | None = None, memory_budget: int = 256 << 20) -> None:
+        self.view = view
+        n, _ = h.shape
+        self.n = n
+        self.c_v, self.c_k = float(c_v), float(c_k)
+        affine = has_affine_constant(view)
+        if affine and has_qk_norm(view):
+            raise ExactNotApplicable(
+                f"block {view.index}: q/k-norm after biased projections is not homogeneous; use replay"
+            )
+        with torch.no_grad():
+            xin = view.attn_in_norm(h[None])[0] if view.attn_in_norm is not None else h
+            ki = kernel_inputs(view, xin, pe)
+            self.scale, self.window = ki.scale, ki.window
+            H, _, hd = ki.q.shape
+            KV = ki.k.shape[0]
+            self.H, self.KV, self.G, self.hd = H, KV, H // KV, hd
+            f32 = torch.float32
+            if view.attn_out_norm is not None:
+                z = _kernel_output(ki.q, ki.k, ki.v, self.scale, self.window)
+            else:  # the map z -> o_proj(z) is linear: its backward does not depend on z
+                z = torch.zeros(n, H * hd, dtype=h.dtype, device=h.device)
+            e = head_gradient(view, z, m).to(f32).reshape(n, H, hd).transpose(0, 1)  # [H, n, hd]
+            self.q = ki.q.to(f32).reshape(KV, self.G, n, hd)
+            self.e = e.reshape(KV, self.G, n, hd)
+            self.k = ki.k.to(f32)
+            self.v = ki.v.to(f32)
+            if affine:
+                if view.attn_in_norm is not None and getattr(view.attn_in_norm, "bias", None) is not None:
+                    const = view.attn_in_norm.bias.expand(n, -1)
+                else:
+                    const = torch.zeros_like(xin)
+                kc = kernel_inputs(view, const.to(xin.dtype), pe)
+                self.k_h = self.k - kc.k.to(f32)
+                self.v_h = self.v - kc.v.to(f32)
+            else:
+                self.k_h, self.v_h = self.k, self.v
+            self.affine = affine
+        per_row = H * n * 4 * (8 if affine else 6)
+        self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1)))
+        self._colsum: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------ blocks
+    def block(self, j0: int, j1: int) -> tuple[int, torch.Tensor]:
+        """Rows j0..j1-1 (target positions): returns (c0, B) with B[r, c] = A[j0 + r, c0 + c] for the
+        columns c0..j1-1 that row block can reach (causal / window); the diagonal is left at 0."""
+        n, KV, G, hd = self.n, self.KV, self.G, self.hd
+        b = j1 - j0
+        c0 = max(0, j0 - self.window + 1) if self.window else 0
+        qb = self.q[:, :, j0:j1].reshape(KV, G * b, hd)
+        eb = self.e[:, :, j0:j1].reshape(KV, G * b, hd)
+        kt = self.k[:, c0:j1].transpose(1, 2)
+        s = torch.bmm(qb, kt).mul_(self.scale)  # [KV, G*b, w]
+        keep = causal_mask(j1, self.window, device=s.device, col0=c0, row0=j0, rows=b)  # [b, w]
+        keep = keep.repeat(G, 1)[None]
+        a = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
+        ve = torch.bmm(eb, self.v[:, c0:j1].transpose(1, 2))  # v_i . e_j
+        oe = (a * ve).sum(-1, keepdim=True)  # o_j . e_j
+        if self.affine:
+            s_h = torch.bmm(qb, self.k_h[:, c0:j1].transpose(1, 2)).mul_(self.scale)
+            ve_h = torch.bmm(eb, self.v_h[:, c0:j1].transpose(1, 2))
+        else:
+            s_h, ve_h = s, ve
+        t = (ve - oe).mul_(s_h).mul_(self.c_k)
+        t.add_(ve_h, alpha=self.c_v)
+        t.mul_(a)
+        out = t.reshape(KV, G, b, -1).sum((0, 1))  # [b, w]
+        r = torch.arange(b, device=out.device)
+        out[r, j0 + r - c0] = 0.0
+        return c0, out
+
+    def blocks(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+        """(j0, j1, c0, block) over all rows, block by block."""
+        step = self.block_rows
+        for j0 in range(0, self.n, step):
+            j1 = min(self.n, j0 + step)
+            c0, blk = self.block(j0, j1)
+            yield j0, j1, c0, blk
+
+    def off_diagonal_column_sums(self) -> torch.Tensor:
+        """sum_{j != i} A[j, i] (one pass over the blocks unless already known)."""
+        if self._colsum is None:
+            cs = torch.zeros(self.n, dtype=torch.float64, device=self.q.device)
+            for _j0, j1, c0, blk in self.blocks():
+                cs[c0:j1] += blk.sum(0, dtype=torch.float64)
+            self._colsum = cs
+        return self._colsum
+
+    def set_column_sums(self, cs: torch.Tensor) -> None:
+        self._colsum = cs
+
+
+def dense_attention_matrix(ex: ExactAttention, r_src: torch.Tensor) -> torch.Tensor:
+    """The full [n, n] matrix (small n only: tests and ``matrix()``)."""
+    n = ex.n
+    A = torch.zeros(n, n, dtype=torch.float32, device=ex.q.device)
+    cs = torch.zeros(n, dtype=torch.float64, device=ex.q.device)
+    for j0, j1, c0, blk in ex.blocks():
+        A[j0:j1, c0:j1] = blk
+        cs[c0:j1] += blk.sum(0, dtype=torch.float64)
+    idx = torch.arange(n, device=A.device)
+    A[idx, idx] = (r_src.to(torch.float64) - cs).to(torch.float32)
+    return A
