@@ -1,0 +1,302 @@
+"""``attribution_graph``: explanation with states -> edges per transition -> pruning -> graph."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from contrastlens.errors import InputError
+from contrastlens.graph._model import PositionEmbeddings, block_view, layer_index, layer_names
+from contrastlens.graph.exact import ExactAttention, ExactNotApplicable
+from contrastlens.graph.graph import AttributionGraph, Edges
+from contrastlens.graph.prune import PruneSpec, StreamingCumMass, cum_mass_threshold
+from contrastlens.graph.replay import replay_rows
+
+METHODS = ("exact", "replay")
+Progress = Callable[[str, int, int], None]
+
+
+def _explain(lm, prompt, target, contrast, **kw):
+    from contrastlens.attribution.explain import explain
+
+    return explain(lm, prompt, target=target, contrast=contrast, keep_states=True, **kw)
+
+
+def parse_layers(layers: Sequence[str | int] | str | None, num_layers: int, mid: bool) -> list[str]:
+    """Node layers in model order. ``None``: every layer (with ``l.mid`` nodes if ``mid``). Otherwise a
+    list (or comma-separated string) of ``emb``, block indices (negative counts from the end) and
+    ``l.mid`` names."""
+    if layers is None:
+        return layer_names(num_layers, mid)
+    if isinstance(layers, str):
+        layers = [x for x in layers.replace(" ", "").split(",") if x]
+    allowed = set(layer_names(num_layers, True))
+    out: list[str] = []
+    for x in layers:
+        name = str(x).strip()
+        if name in ("-1", "embeddings", "input"):
+            name = "emb"
+        base, dot, rest = name.partition(".")
+        if base.lstrip("-").isdigit():
+            b = int(base)
+            if b < 0:
+                b += num_layers
+            name = f"{b}{dot}{rest}"
+        if name not in allowed:
+            raise InputError(f"unknown graph layer {x!r}; use emb, 0..{num_layers - 1} or l.mid")
+        if name not in out:
+            out.append(name)
+    if len(out) < 2:
+        raise InputError("a graph needs at least two layers")
+    return sorted(out, key=layer_index)
+
+
+def _transition_kind(src: str, tgt: str) -> tuple[str, int]:
+    """("mlp", l) for l.mid -> l; ("attn", l) for l-1 -> l.mid; ("block", l) for l-1 -> l; else replay."""
+    a, b = layer_index(src), layer_index(tgt)
+    if src.endswith(".mid") and not tgt.endswith(".mid") and b == a + 0.5:
+        return "mlp", int(b)
+    if not src.endswith(".mid") and tgt.endswith(".mid") and b == a + 0.5:
+        return "attn", int(b + 0.5)
+    if not src.endswith(".mid") and not tgt.endswith(".mid") and b == a + 1:
+        return "block", int(b)
+    return "replay", -1
+
+
+class _Sink:
+    """Collects the kept edges of one transition from row blocks (threshold / no pruning: one pass)."""
+
+    def __init__(self, tau: float | None) -> None:
+        self.tau = tau
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, j0: int, c0: int, blk: torch.Tensor) -> None:
+        a = blk.abs()
+        keep = a > 0 if self.tau is None else (a >= self.tau) & (a > 0)
+        r, c = torch.nonzero(keep, as_tuple=True)
+        self.parts.append(((r + j0).to(torch.int32).cpu(), (c + c0).to(torch.int32).cpu(), blk[r, c].float().cpu()))
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        r, c, v = (torch.cat(x).numpy() for x in zip(*self.parts, strict=True))
+        order = np.lexsort((c, r))
+        return r[order], c[order], v[order]
+
+
+def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec | None,
+                      row_keep: torch.Tensor | None, g_tgt: torch.Tensor) -> tuple[Edges, dict]:
+    n = ex.n
+    dev = r_src.device
+    rk = None if row_keep is None else row_keep.to(dev)
+    # a target row with no gradient injects nothing: its diagonal is exactly 0 (not a rounding residue)
+    active = (g_tgt.abs().amax(-1) > 0).float()
+    idx = torch.arange(n, device=dev)
+    cum = spec is not None and spec.mode == "cum_mass"
+    sink = _Sink(spec.value if (spec is not None and not cum) else None)
+    hist = StreamingCumMass(spec.value, device=dev) if cum else None
+    cs = torch.zeros(n, dtype=torch.float64, device=dev)
+    passes = 1
+    for j0, j1, c0, blk in ex.blocks():
+        cs[c0:j1] += blk.sum(0, dtype=torch.float64)
+        if rk is not None:
+            blk = blk * rk[j0:j1, None]
+        if cum:
+            hist.observe(blk.abs())
+        else:
+            sink.add(j0, c0, blk)
+    diag = (r_src.double() - cs).float() * active
+    if rk is not None:
+        diag = diag * rk
+    info: dict = {}
+    if cum:
+        hist.observe(diag.abs())
+        hist.end_pass1()
+        passes = 2
+        parts = []
+        for j0, _j1, c0, blk in ex.blocks():
+            if rk is not None:
+                blk = blk * rk[j0:_j1, None]
+            r, c = torch.nonzero(hist.candidates(blk.abs()), as_tuple=True)
+            parts.append(((r + j0).int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
+        d = torch.nonzero(hist.candidates(diag.abs()), as_tuple=True)[0]
+        parts.append((d.int().cpu(), d.int().cpu(), diag[d].float().cpu()))
+        r, c, v = (torch.cat(x).numpy() for x in zip(*parts, strict=True))
+        tau = hist.threshold(np.abs(v))
+        keep = np.abs(v) >= tau
+        r, c, v = r[keep], c[keep], v[keep]
+        order = np.lexsort((c, r))
+        r, c, v = r[order], c[order], v[order]
+        info.update(threshold=tau, total_mass=hist.total)
+    else:
+        a = diag.abs()
+        keep = a > 0 if sink.tau is None else (a >= sink.tau) & (a > 0)
+        d = idx[keep]
+        sink.parts.append((d.int().cpu(), d.int().cpu(), diag[d].float().cpu()))
+        r, c, v = sink.edges()
+        if spec is not None:
+            info.update(threshold=spec.value)
+    info["passes"] = passes
+    return Edges(r, c, v), info
+
+
+def _dense_edges(A: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
+    A = A.float().cpu().numpy()
+    absA = np.abs(A)
+    info: dict = {}
+    if spec is None:
+        keep = absA > 0
+    elif spec.mode == "cum_mass":
+        tau = cum_mass_threshold(absA, spec.value)
+        keep = absA >= tau
+        info.update(threshold=tau, total_mass=float(absA.sum(dtype=np.float64)))
+    else:
+        keep = (absA >= spec.value) & (absA > 0)
+        info.update(threshold=spec.value)
+    r, c = np.nonzero(keep)
+    return Edges(r, c, A[r, c]), info
+
+
+def attribution_graph(
+    lm,
+    prompt=None,
+    target: int | str | None = None,
+    contrast: int | str | None = None,
+    *,
+    method: str = "exact",
+    mid: bool = True,
+    layers: Sequence[str | int] | str | None = None,
+    node_threshold: float = 0.0,
+    prune: str | PruneSpec | dict | None = None,
+    rule: str = "attnlrp",
+    objective: str = "logit_diff",
+    explanation=None,
+    batch_size: int | None = None,
+    block_rows: int | None = None,
+    progress: Progress | None = None,
+    **explain_kwargs,
+) -> AttributionGraph:
+    """Build the cross-layer attribution graph of one contrastive prediction.
+
+    ``method="exact"`` (default) uses the closed form for adjacent transitions (``l-1 -> l.mid``,
+    ``l.mid -> l``, ``l-1 -> l``) and replay for any other pair; ``method="replay"`` replays every
+    transition (the reference). ``layers`` picks node layers (default: all, with ``l.mid`` nodes if
+    ``mid``). ``node_threshold`` drops target rows j with |R_t[j]| <= threshold before computing edges (the
+    paper uses 0.01). ``prune`` is ``"cum_mass:0.85"`` / ``"threshold:0.01"`` (per transition, applied
+    while the edges are produced, so no dense matrix is kept). Pass ``explanation`` (from
+    ``explain(..., keep_states=True)``) to reuse one; otherwise the prediction is explained here.
+    ``progress(stage, done, total)`` is called per transition and per replay chunk.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown graph method {method!r}; choose one of: {', '.join(METHODS)}")
+    spec = PruneSpec.parse(prune)
+    t0 = time.perf_counter()
+    if explanation is None:
+        if prompt is None:
+            raise InputError("give a prompt (or an explanation made with keep_states=True)")
+        explanation = _explain(lm, prompt, target, contrast, objective=objective, rule=rule, **explain_kwargs)
+    t_explain = time.perf_counter() - t0
+    states = getattr(explanation, "states", None)
+    if not states:
+        raise InputError("the explanation has no states; make it with keep_states=True")
+    model, adapter = lm.model, lm.adapter
+    L = adapter.num_layers(model)
+    names = parse_layers(layers, L, mid)
+    n = int(states["emb"][0].shape[0])
+    rel = {k: (h.float() * g.float()).sum(-1) for k, (h, g) in states.items()}
+
+    from contrastlens.rules.context import RULES, apply_rules, rules_active
+
+    rs = RULES[rule.lower().replace("_", "-")]
+    edges: dict[tuple[str, str], Edges] = {}
+    trans = list(zip(names[:-1], names[1:], strict=True))
+    device = states["emb"][0].device
+    timings = {}
+    ctx = apply_rules(model, rule) if not rules_active(model) else _null()
+    with ctx, torch.no_grad():
+        pe = PositionEmbeddings(model, adapter, n, device=device, dtype=states["emb"][0].dtype)
+        for ti, (s, t) in enumerate(trans):
+            ts = time.perf_counter()
+            if progress is not None:
+                progress(f"{s}->{t}", ti, len(trans))
+            row_keep = None
+            if node_threshold > 0:
+                row_keep = (rel[t].abs() > node_threshold).float()
+            kind, blk = _transition_kind(s, t) if method == "exact" else ("replay", -1)
+            used = kind
+            e: Edges | None = None
+            if kind == "mlp":
+                r_s = rel[s].float()
+                d = torch.arange(n, device=device)
+                vals = r_s if row_keep is None else r_s * row_keep
+                e, info = _dense_diag(d, vals, spec)
+            elif kind in ("attn", "block"):
+                try:
+                    ex = ExactAttention(block_view(model, adapter, blk), states[s][0], states[f"{blk}.mid"][1],
+                                        pe(blk), c_v=rs.v_scale, c_k=rs.k_scale, block_rows=block_rows)
+                    e, info = _exact_transition(ex, rel[s], spec, row_keep, states[t][1])
+                    del ex
+                except ExactNotApplicable:
+                    used = "replay"
+            if e is None:
+                rows = list(range(n)) if row_keep is None else torch.nonzero(row_keep).flatten().tolist()
+
+                def cb(done, total, _st=f"{s}->{t}"):
+                    if progress is not None:
+                        progress(f"{_st} replay", done, total)
+
+                A = torch.zeros(n, n, dtype=torch.float32, device=device)
+                if rows:
+                    A[torch.tensor(rows, device=device)] = replay_rows(
+                        model, adapter, s, t, states[s][0], states[t][1], rows, batch_size=batch_size, progress=cb)
+                e, info = _dense_edges(A, spec)
+                del A
+                used = "replay"
+            e.info.update(info, method=used, seconds=time.perf_counter() - ts)
+            if spec is not None:
+                e.info.update(mode=spec.mode, value=spec.value)
+            edges[(s, t)] = e
+            timings[f"{s}->{t}"] = e.info["seconds"]
+    relevance = {k: rel[k].cpu().numpy() for k in names}
+    mask = None
+    if node_threshold > 0:
+        mask = {k: np.abs(relevance[k]) > node_threshold for k in names}
+        mask[names[-1]][n - 1] = True
+    meta = {
+        "method": method, "rule": rule, "objective": objective, "n": n, "mid": mid,
+        "node_threshold": node_threshold, "prune": None if spec is None else f"{spec.mode}:{spec.value}",
+        "target_id": getattr(explanation, "target_id", None), "contrast_id": getattr(explanation, "contrast_id", None),
+        "source": getattr(lm, "source", None), "seconds_explain": t_explain,
+        "seconds_edges": time.perf_counter() - t0 - t_explain,
+        "final_norm_bias_share": float(getattr(explanation, "final_norm_bias_share", 0.0) or 0.0),
+    }
+    tokens = list(getattr(explanation, "tokens", None) or [str(i) for i in range(n)])
+    return AttributionGraph(names, tokens, relevance, edges, float(explanation.logit_diff), mask, meta)
+
+
+def _dense_diag(d: torch.Tensor, vals: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
+    v = vals.float().cpu().numpy()
+    r = d.int().cpu().numpy()
+    absv = np.abs(v)
+    info: dict = {}
+    if spec is None:
+        keep = absv > 0
+    elif spec.mode == "cum_mass":
+        tau = cum_mass_threshold(absv, spec.value)
+        keep = absv >= tau
+        info.update(threshold=tau, total_mass=float(absv.sum(dtype=np.float64)))
+    else:
+        keep = (absv >= spec.value) & (absv > 0)
+        info.update(threshold=spec.value)
+    return Edges(r[keep], r[keep], v[keep]), info
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
