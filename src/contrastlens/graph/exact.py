@@ -114,36 +114,47 @@ class ExactAttention:
                 self.k_h, self.v_h = self.k, self.v
             self.affine = affine
         per_row = H * n * 4 * (8 if affine else 6)
-        self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1)))
+        # small enough to skip most of the causal upper triangle, large enough for efficient matmuls
+        self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1), max(64, -(-n // 16))))
         self._colsum: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------ blocks
     def block(self, j0: int, j1: int) -> tuple[int, torch.Tensor]:
         """Rows j0..j1-1 (target positions): returns (c0, B) with B[r, c] = A[j0 + r, c0 + c] for the
         columns c0..j1-1 that row block can reach (causal / window); the diagonal is left at 0."""
-        n, KV, G, hd = self.n, self.KV, self.G, self.hd
-        b = j1 - j0
-        c0 = max(0, j0 - self.window + 1) if self.window else 0
-        qb = self.q[:, :, j0:j1].reshape(KV, G * b, hd)
-        eb = self.e[:, :, j0:j1].reshape(KV, G * b, hd)
-        kt = self.k[:, c0:j1].transpose(1, 2)
-        s = torch.bmm(qb, kt).mul_(self.scale)  # [KV, G*b, w]
-        keep = causal_mask(j1, self.window, device=s.device, col0=c0, row0=j0, rows=b)  # [b, w]
-        keep = keep.repeat(G, 1)[None]
+        return self.rows(torch.arange(j0, j1, device=self.q.device))
+
+    def rows(self, idx: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Rows ``idx`` (sorted target positions): (c0, B) with B[r, c] = A[idx[r], c0 + c] for columns
+        c0..max(idx); entries a row cannot reach are 0, and so is the diagonal."""
+        KV, G, hd = self.KV, self.G, self.hd
+        b = int(idx.numel())
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        c0 = max(0, lo - self.window + 1) if self.window else 0
+        qb = self.q[:, :, idx].reshape(KV, G * b, hd)
+        eb = self.e[:, :, idx].reshape(KV, G * b, hd)
+        s = torch.bmm(qb, self.k[:, c0:hi].transpose(1, 2)).mul_(self.scale)  # [KV, G*b, w]
+        cols = torch.arange(c0, hi, device=s.device)[None, :]
+        keep = cols <= idx[:, None]
+        if self.window:
+            keep &= cols > idx[:, None] - self.window
+        keep = keep.repeat(G, 1)[None]  # [1, G*b, w]
         a = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
-        ve = torch.bmm(eb, self.v[:, c0:j1].transpose(1, 2))  # v_i . e_j
-        oe = (a * ve).sum(-1, keepdim=True)  # o_j . e_j
         if self.affine:
-            s_h = torch.bmm(qb, self.k_h[:, c0:j1].transpose(1, 2)).mul_(self.scale)
-            ve_h = torch.bmm(eb, self.v_h[:, c0:j1].transpose(1, 2))
+            ve = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))  # v_i . e_j
+            oe = (torch.bmm(a, self.v[:, c0:hi]) * eb).sum(-1, keepdim=True)  # o_j . e_j
+            s_h = torch.bmm(qb, self.k_h[:, c0:hi].transpose(1, 2)).mul_(self.scale)
+            t = (ve - oe).mul_(s_h).mul_(self.c_k)
+            t.add_(torch.bmm(eb, self.v_h[:, c0:hi].transpose(1, 2)), alpha=self.c_v)
         else:
-            s_h, ve_h = s, ve
-        t = (ve - oe).mul_(s_h).mul_(self.c_k)
-        t.add_(ve_h, alpha=self.c_v)
+            # t = c_v ve + c_k (ve - oe) s = (ve - oe) s' + c_v oe  with s' = c_k s + c_v
+            oe = (torch.bmm(a, self.v[:, c0:hi]) * eb).sum(-1, keepdim=True)
+            t = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))
+            s.mul_(self.c_k).add_(self.c_v)
+            t.sub_(oe).mul_(s).add_(oe, alpha=self.c_v)
         t.mul_(a)
         out = t.reshape(KV, G, b, -1).sum((0, 1))  # [b, w]
-        r = torch.arange(b, device=out.device)
-        out[r, j0 + r - c0] = 0.0
+        out[torch.arange(b, device=out.device), idx - c0] = 0.0
         return c0, out
 
     def blocks(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
