@@ -99,13 +99,16 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
     sink = _Sink(spec.value if (spec is not None and not cum) else None)
     hist = StreamingCumMass(spec.value, device=dev) if cum else None
     cs = torch.zeros(n, dtype=torch.float64, device=dev)
+    rowmax = torch.zeros(n, dtype=torch.float32, device=dev)
     passes = 1
     for j0, j1, c0, blk in ex.blocks():
         cs[c0:j1] += blk.sum(0, dtype=torch.float64)
         if rk is not None:
             blk = blk * rk[j0:j1, None]
         if cum:
-            hist.observe(blk.abs())
+            a = blk.abs()
+            hist.observe(a)
+            rowmax[j0:j1] = a.amax(1)
         else:
             sink.add(j0, c0, blk)
     diag = (r_src.double() - cs).float() * active
@@ -117,11 +120,16 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
         hist.end_pass1()
         passes = 2
         parts = []
-        for j0, _j1, c0, blk in ex.blocks():
+        # pass 2 recomputes only the rows that hold a candidate (value in the boundary bin or above)
+        need = torch.nonzero(hist.candidates(rowmax)).flatten()
+        for k in range(0, need.numel(), ex.block_rows):
+            idx = need[k : k + ex.block_rows]
+            c0, blk = ex.rows(idx)
             if rk is not None:
-                blk = blk * rk[j0:_j1, None]
+                blk = blk * rk[idx, None]
             r, c = torch.nonzero(hist.candidates(blk.abs()), as_tuple=True)
-            parts.append(((r + j0).int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
+            parts.append((idx[r].int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
+        info["rows_recomputed"] = int(need.numel())
         d = torch.nonzero(hist.candidates(diag.abs()), as_tuple=True)[0]
         parts.append((d.int().cpu(), d.int().cpu(), diag[d].float().cpu()))
         r, c, v = (torch.cat(x).numpy() for x in zip(*parts, strict=True))
