@@ -27,7 +27,7 @@ def _explain(lm, prompt, target, contrast, **kw):
 
 def parse_layers(layers: Sequence[str | int] | str | None, num_layers: int, mid: bool) -> list[str]:
     """Node layers in model order. ``None``: every layer (with ``l.mid`` nodes if ``mid``). Otherwise a
-    list (or comma-separated string) of ``emb``, block indices (negative counts from the end) and
+    list (or comma-separated string) of ``emb`` (also ``-1``, the paper's name), block indices and
     ``l.mid`` names."""
     if layers is None:
         return layer_names(num_layers, mid)
@@ -40,11 +40,8 @@ def parse_layers(layers: Sequence[str | int] | str | None, num_layers: int, mid:
         if name in ("-1", "embeddings", "input"):
             name = "emb"
         base, dot, rest = name.partition(".")
-        if base.lstrip("-").isdigit():
-            b = int(base)
-            if b < 0:
-                b += num_layers
-            name = f"{b}{dot}{rest}"
+        if base.isdigit():
+            name = f"{int(base)}{dot}{rest}"
         if name not in allowed:
             raise InputError(f"unknown graph layer {x!r}; use emb, 0..{num_layers - 1} or l.mid")
         if name not in out:
