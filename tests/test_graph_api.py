@@ -63,8 +63,8 @@ def test_mixed_exact_and_replay_layers(random_lm):
 
 
 def test_neuron_refinement(random_lm):
-    from contrastlens.graph.neurons import edge_dimensions, mlp_neurons, refine, state_dimensions
     from contrastlens.graph.build import attribution_graph
+    from contrastlens.graph.neurons import edge_dimensions, mlp_neurons, refine, state_dimensions
 
     lm = random_lm("qwen3")
     ex = _explain(lm)
