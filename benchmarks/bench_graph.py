@@ -7,8 +7,9 @@ Prints, on a random Qwen3 (hidden 512, 8 layers, 8 query / 4 KV heads of 64, MLP
      max |A_replay| per transition, worst transition). With --replay-rows K the replay is timed on the
      first K rows of every transition only and its full time is extrapolated linearly (cost per chunk
      is constant); this is printed next to the number.
-  2. exact full graph (mid nodes, cum_mass 0.85) time / one explanation's time at each --ratio-n, every
-     measurement in a fresh subprocess; "graph" includes its own explanation (keep_states=True).
+  2. exact full graph (mid nodes, cum_mass 0.85) time / one explanation's time at each --ratio-n, in one
+     process, interleaved (explain, graph, explain, graph, ...), medians of --repeats; "graph total"
+     includes the graph's own explanation (keep_states=True), "edges" is the rest.
   3. peak memory at --mem-n (8192): peak RSS above the loaded-model baseline of the pruned exact graph
      against that of the explanation alone, each in a fresh subprocess (also ru_maxrss, totals).
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -151,6 +153,7 @@ def main() -> None:
     ap.add_argument("--ratio-n", type=int, nargs="*", default=[2048, 8192])
     ap.add_argument("--mem-n", type=int, nargs="*", default=[8192])
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -158,7 +161,7 @@ def main() -> None:
         child(a.child[0], int(a.child[1]))
         return
     if a.quick:
-        a.speed_n, a.ratio_n, a.mem_n, a.replay_rows = 128, [256], [256], 32
+        a.speed_n, a.ratio_n, a.mem_n, a.replay_rows, a.repeats = 128, [256], [256], 32, 1
     print(f"random Qwen3 {CONFIG['hidden_size']}x{CONFIG['num_hidden_layers']}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device cpu")
     if not a.skip_speed:
@@ -171,12 +174,25 @@ def main() -> None:
         return cache[(kind, n)]
 
     if a.ratio_n:
-        print("[2] exact graph (mid nodes, cum_mass 0.85) / one explanation, fresh subprocess each")
+        print(f"[2] exact graph (mid nodes, cum_mass 0.85) / one explanation, interleaved, median of {a.repeats}")
         print("      n   explain (s)   graph total (s)   of which edges (s)   total/explain   edges/explain   edges kept")
+        lm = build()
+        graph(lm, ids_of(64), prune="cum_mass:0.85")  # warm-up
         for n in a.ratio_n:
-            e, g = get("explain", n), get("graph", n)
-            print(f"  {n:>5}  {e['seconds']:11.2f}  {g['seconds']:16.2f}  {g['edges_seconds']:19.2f}  "
-                  f"{g['seconds'] / e['seconds']:14.2f}  {g['edges_seconds'] / e['seconds']:14.2f}  {g['edges']:11d}")
+            ids = ids_of(n)
+            te, tg, tedge = [], [], []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                explain(lm, ids)
+                te.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                g = graph(lm, ids, prune="cum_mass:0.85")
+                tg.append(time.perf_counter() - t0)
+                tedge.append(g.meta["seconds_edges"])
+                kept = g.num_edges()
+                del g
+            e, gt, ed = statistics.median(te), statistics.median(tg), statistics.median(tedge)
+            print(f"  {n:>5}  {e:11.2f}  {gt:16.2f}  {ed:19.2f}  {gt / e:14.2f}  {ed / e:14.2f}  {kept:11d}")
     if a.mem_n:
         print("[3] peak memory, pruned exact graph vs explanation alone, fresh subprocess each")
         print("      n   explain extra RSS (MiB)   graph extra RSS (MiB)   ratio   (ru_maxrss totals: explain / graph MiB)")

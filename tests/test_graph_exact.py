@@ -142,12 +142,13 @@ def test_exact_and_replay_graphs_agree_with_pruning(random_lm):
 
     lm = random_lm("qwen3")
     ex = _explain(lm, 29, seed=3)
-    for prune in ("cum_mass:0.85", "threshold:0.005", None):
-        ge = attribution_graph(lm, explanation=ex, prune=prune, block_rows=4)
+    for prune, cache in (("cum_mass:0.85", 0), ("cum_mass:0.85", 0.001), ("cum_mass:0.85", None),
+                         ("threshold:0.005", None), (None, None)):
+        ge = attribution_graph(lm, explanation=ex, prune=prune, block_rows=4, cache_mib=cache)
         gr = attribution_graph(lm, explanation=ex, prune=prune, method="replay")
         for key in ge.transitions:
             a, b = ge.edges[key], gr.edges[key]
-            assert np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols), (prune, key)
+            assert np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols), (prune, cache, key)
             np.testing.assert_allclose(a.vals, b.vals, atol=1e-5 * max(np.abs(b.vals).max(), 1e-12))
 
 

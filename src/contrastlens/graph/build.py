@@ -9,7 +9,13 @@ import numpy as np
 import torch
 
 from contrastlens.errors import InputError
-from contrastlens.graph._model import PositionEmbeddings, block_view, layer_index, layer_names
+from contrastlens.graph._model import (
+    PositionEmbeddings,
+    block_view,
+    free_memory_bytes,
+    layer_index,
+    layer_names,
+)
 from contrastlens.graph.exact import ExactAttention, ExactNotApplicable
 from contrastlens.graph.graph import AttributionGraph, Edges
 from contrastlens.graph.prune import PruneSpec, StreamingCumMass, cum_mass_threshold
@@ -85,7 +91,11 @@ class _Sink:
 
 
 def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec | None,
-                      row_keep: torch.Tensor | None, g_tgt: torch.Tensor) -> tuple[Edges, dict]:
+                      row_keep: torch.Tensor | None, g_tgt: torch.Tensor,
+                      cache_bytes: int = 0) -> tuple[Edges, dict]:
+    """The kept edges of one attention transition. Threshold / no pruning: one pass over the row blocks.
+    Cum-mass: pass 1 (column sums, histogram, row maxima), then pass 2 over the candidate rows, taken from
+    blocks kept from pass 1 while they fit in ``cache_bytes`` and recomputed otherwise."""
     n = ex.n
     dev = r_src.device
     rk = None if row_keep is None else row_keep.to(dev)
@@ -97,6 +107,9 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
     hist = StreamingCumMass(spec.value, device=dev) if cum else None
     cs = torch.zeros(n, dtype=torch.float64, device=dev)
     rowmax = torch.zeros(n, dtype=torch.float32, device=dev)
+    cached: list[tuple[int, int, int, torch.Tensor]] = []
+    is_cached = torch.zeros(n, dtype=torch.bool, device=dev)
+    used_bytes = 0
     passes = 1
     for j0, j1, c0, blk in ex.blocks():
         cs[c0:j1] += blk.sum(0, dtype=torch.float64)
@@ -106,6 +119,11 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
             a = blk.abs()
             hist.observe(a)
             rowmax[j0:j1] = a.amax(1)
+            nb = blk.numel() * blk.element_size()
+            if used_bytes + nb <= cache_bytes:
+                cached.append((j0, j1, c0, blk))
+                is_cached[j0:j1] = True
+                used_bytes += nb
         else:
             sink.add(j0, c0, blk)
     diag = (r_src.double() - cs).float() * active
@@ -117,8 +135,12 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
         hist.end_pass1()
         passes = 2
         parts = []
-        # pass 2 recomputes only the rows that hold a candidate (value in the boundary bin or above)
-        need = torch.nonzero(hist.candidates(rowmax)).flatten()
+        for j0, _j1, c0, blk in cached:
+            r, c = torch.nonzero(hist.candidates(blk.abs()), as_tuple=True)
+            parts.append(((r + j0).int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
+        cached.clear()
+        # pass 2 recomputes only the rows not kept that hold a candidate (in the boundary bin or above)
+        need = torch.nonzero(hist.candidates(rowmax) & ~is_cached).flatten()
         for k in range(0, need.numel(), ex.block_rows):
             idx = need[k : k + ex.block_rows]
             c0, blk = ex.rows(idx)
@@ -127,6 +149,7 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
             r, c = torch.nonzero(hist.candidates(blk.abs()), as_tuple=True)
             parts.append((idx[r].int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
         info["rows_recomputed"] = int(need.numel())
+        info["cached_mib"] = used_bytes / 2**20
         d = torch.nonzero(hist.candidates(diag.abs()), as_tuple=True)[0]
         parts.append((d.int().cpu(), d.int().cpu(), diag[d].float().cpu()))
         r, c, v = (torch.cat(x).numpy() for x in zip(*parts, strict=True))
@@ -181,6 +204,7 @@ def attribution_graph(
     explanation=None,
     batch_size: int | None = None,
     block_rows: int | None = None,
+    cache_mib: float | None = None,
     progress: Progress | None = None,
     **explain_kwargs,
 ) -> AttributionGraph:
@@ -193,7 +217,9 @@ def attribution_graph(
     paper uses 0.01). ``prune`` is ``"cum_mass:0.85"`` / ``"threshold:0.01"`` (per transition, applied
     while the edges are produced, so no dense matrix is kept). Pass ``explanation`` (from
     ``explain(..., keep_states=True)``) to reuse one; otherwise the prediction is explained here.
-    ``progress(stage, done, total)`` is called per transition and per replay chunk.
+    ``progress(stage, done, total)`` is called per transition and per replay chunk. ``cache_mib``
+    bounds the row blocks one cum-mass transition may keep between its two passes (default: 1/16 of the
+    free memory, at most 1 GiB; 0 recomputes every candidate row).
     """
     if method not in METHODS:
         raise InputError(f"unknown graph method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -223,6 +249,10 @@ def attribution_graph(
     ctx = apply_rules(model, rule) if not rules_active(model) else _null()
     with ctx, torch.no_grad():
         pe = PositionEmbeddings(model, adapter, n, device=device, dtype=states["emb"][0].dtype)
+        if cache_mib is None:
+            cache_bytes = min(1 << 30, free_memory_bytes(device) // 16)
+        else:
+            cache_bytes = int(cache_mib * 2**20)
         for ti, (s, t) in enumerate(trans):
             ts = time.perf_counter()
             if progress is not None:
@@ -242,7 +272,7 @@ def attribution_graph(
                 try:
                     ex = ExactAttention(block_view(model, adapter, blk), states[s][0], states[f"{blk}.mid"][1],
                                         pe(blk), c_v=rs.v_scale, c_k=rs.k_scale, block_rows=block_rows)
-                    e, info = _exact_transition(ex, rel[s], spec, row_keep, states[t][1])
+                    e, info = _exact_transition(ex, rel[s], spec, row_keep, states[t][1], cache_bytes)
                     del ex
                 except ExactNotApplicable:
                     used = "replay"
