@@ -93,6 +93,11 @@ def test_metrics_by_hand():
     assert r["top90_nodes"] == 2  # 3 + 1 = 4 >= 0.9 * 4.25
     # in-degrees 1, 1, 2: mean 4/3, std .471 -> threshold 1.80: one hub (position 2)
     assert r["hubs_in"] == 1
+    from contrastlens.graph.metrics import core_nodes, hub_nodes
+
+    g = hand_graph()
+    assert hub_nodes(g, "0.mid", "in") == [2] and hub_nodes(g, "emb", "in") == []
+    assert core_nodes(g, "0.mid", 0.9) == [2, 0] and core_nodes(g, "emb", 0.5) == [0, 2]
     e = m.loc["emb"]
     assert e["edges_in"] == 0 and np.isnan(e["verticality"]) and e["edges_out"] == 4
     assert m.loc["0"]["verticality"] == 1.0

@@ -42,6 +42,32 @@ def top_mass_count(x, fraction: float = 0.9) -> int:
     return int(np.searchsorted(cs, fraction * cs[-1] * (1 - 1e-12), side="left")) + 1
 
 
+def core_nodes(graph, layer: str, fraction: float = 0.9) -> list[int]:
+    """The positions of the smallest node set of ``layer`` holding ``fraction`` of its |R| (largest first)."""
+    nodes = graph.nodes(layer)
+    r = np.abs(graph.relevance[layer][nodes].astype(np.float64))
+    k = top_mass_count(r, fraction)
+    return nodes[np.argsort(-r, kind="stable")[:k]].tolist()
+
+
+def hub_nodes(graph, layer: str, direction: str = "in") -> list[int]:
+    """Positions of the layer's nodes whose in- (or out-) degree exceeds mean + std."""
+    li = graph.layers.index(layer)
+    if direction == "in":
+        if li == 0:
+            return []
+        idx = graph.edges[(graph.layers[li - 1], layer)].rows
+    else:
+        if li + 1 == len(graph.layers):
+            return []
+        idx = graph.edges[(layer, graph.layers[li + 1])].cols
+    nodes = graph.nodes(layer)
+    deg = np.bincount(idx, minlength=graph.n)[nodes].astype(np.float64)
+    if deg.size == 0:
+        return []
+    return nodes[deg > deg.mean() + deg.std()].tolist()
+
+
 def _hubs(deg: np.ndarray) -> int:
     if deg.size == 0:
         return 0
