@@ -75,7 +75,7 @@ class ExactAttention:
     post-attention norm's backward is the rule's)."""
 
     def __init__(self, view: BlockView, h: torch.Tensor, m: torch.Tensor, pe, *, c_v: float, c_k: float,
-                 block_rows: int | None = None, memory_budget: int = 256 << 20) -> None:
+                 block_rows: int | None = None, memory_budget: int = 512 << 20) -> None:
         self.view = view
         n, _ = h.shape
         self.n = n
@@ -114,8 +114,9 @@ class ExactAttention:
                 self.k_h, self.v_h = self.k, self.v
             self.affine = affine
         per_row = H * n * 4 * (8 if affine else 6)
-        # small enough to skip most of the causal upper triangle, large enough for efficient matmuls
-        self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1), max(64, -(-n // 16))))
+        # as many rows per block as the budget allows: few, large tensor operations (the causal upper
+        # triangle beyond each block's last row is skipped)
+        self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1)))
         self._colsum: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------ blocks
