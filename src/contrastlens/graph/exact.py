@@ -35,6 +35,8 @@ from contrastlens.graph._model import (
     kernel_inputs,
 )
 
+_NEG = -1e30
+
 
 class ExactNotApplicable(ContrastLensError):
     """The closed form does not cover this block (the caller falls back to replay)."""
@@ -93,13 +95,20 @@ class ExactAttention:
             KV = ki.k.shape[0]
             self.H, self.KV, self.G, self.hd = H, KV, H // KV, hd
             f32 = torch.float32
-            if view.attn_out_norm is not None:
-                z = _kernel_output(ki.q, ki.k, ki.v, self.scale, self.window)
-            else:  # the map z -> o_proj(z) is linear: its backward does not depend on z
-                z = torch.zeros(n, H * hd, dtype=h.dtype, device=h.device)
+            # the attention output o (one efficient causal kernel call per layer): o_j . e_j for every row
+            # comes from it, and the post-attention norm's backward needs it
+            z = _kernel_output(ki.q, ki.k, ki.v, self.scale, self.window)  # [n, H * hd]
             e = head_gradient(view, z, m).to(f32).reshape(n, H, hd).transpose(0, 1)  # [H, n, hd]
-            self.q = ki.q.to(f32).reshape(KV, self.G, n, hd)
-            self.e = e.reshape(KV, self.G, n, hd)
+            o = z.to(f32).reshape(n, H, hd).transpose(0, 1)
+            oe = (o * e).sum(-1, keepdim=True)  # [H, n, 1]
+            del z, o
+            self.affine = affine
+            # the fast path folds c_v into e (and o . e) and the scale into q
+            self.fast = not affine and self.c_v != 0.0
+            ev = self.c_v if self.fast else 1.0
+            self.q = (ki.q.to(f32) * self.scale).reshape(KV, self.G, n, hd)
+            self.e = (e * ev).reshape(KV, self.G, n, hd)
+            self.oe = (oe * ev).reshape(KV, self.G, n, 1)
             self.k = ki.k.to(f32)
             self.v = ki.v.to(f32)
             if affine:
@@ -112,7 +121,6 @@ class ExactAttention:
                 self.v_h = self.v - kc.v.to(f32)
             else:
                 self.k_h, self.v_h = self.k, self.v
-            self.affine = affine
         per_row = H * n * 4 * (8 if affine else 6)
         # as many rows per block as the budget allows: few, large tensor operations (the causal upper
         # triangle beyond each block's last row is skipped)
@@ -134,27 +142,32 @@ class ExactAttention:
         c0 = max(0, lo - self.window + 1) if self.window else 0
         qb = self.q[:, :, idx].reshape(KV, G * b, hd)
         eb = self.e[:, :, idx].reshape(KV, G * b, hd)
-        s = torch.bmm(qb, self.k[:, c0:hi].transpose(1, 2)).mul_(self.scale)  # [KV, G*b, w]
-        cols = torch.arange(c0, hi, device=s.device)[None, :]
-        keep = cols <= idx[:, None]
-        if self.window:
-            keep &= cols > idx[:, None] - self.window
-        keep = keep.repeat(G, 1)[None]  # [1, G*b, w]
-        a = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
-        if self.affine:
-            ve = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))  # v_i . e_j
-            oe = (torch.bmm(a, self.v[:, c0:hi]) * eb).sum(-1, keepdim=True)  # o_j . e_j
-            s_h = torch.bmm(qb, self.k_h[:, c0:hi].transpose(1, 2)).mul_(self.scale)
-            t = (ve - oe).mul_(s_h).mul_(self.c_k)
-            t.add_(torch.bmm(eb, self.v_h[:, c0:hi].transpose(1, 2)), alpha=self.c_v)
+        oe = self.oe[:, :, idx].reshape(KV, G * b, 1)
+        s = torch.bmm(qb, self.k[:, c0:hi].transpose(1, 2))  # scaled scores [KV, G*b, w]
+        # masked scores get a large finite negative value: softmax gives exactly 0 there and a * s stays 0
+        if hi - lo == b and not self.window:  # contiguous causal rows: only the square [lo, hi) is masked
+            tri = torch.ones(b, b, dtype=torch.bool, device=s.device).triu_(1)
+            s[:, :, lo - c0 :].masked_fill_(tri.repeat(G, 1)[None], _NEG)
         else:
-            # t = c_v ve + c_k (ve - oe) s = (ve - oe) s' + c_v oe  with s' = c_k s + c_v
-            oe = (torch.bmm(a, self.v[:, c0:hi]) * eb).sum(-1, keepdim=True)
-            t = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))
-            s.mul_(self.c_k).add_(self.c_v)
-            t.sub_(oe).mul_(s).add_(oe, alpha=self.c_v)
-        t.mul_(a)
-        out = t.reshape(KV, G, b, -1).sum((0, 1))  # [b, w]
+            cols = torch.arange(c0, hi, device=s.device)[None, :]
+            keep = cols <= idx[:, None]
+            if self.window:
+                keep &= cols > idx[:, None] - self.window
+            s.masked_fill_(~keep.repeat(G, 1)[None], _NEG)
+        a = torch.softmax(s, dim=-1)
+        ve = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))  # (c_v) v_i . e_j
+        if self.fast:
+            # c_v ve + c_k (ve - oe) s  =  a ve' + r (ve' - oe') (a s),  with ' = times c_v, r = c_k / c_v
+            u = a.mul(s)
+            t = ve.sub(oe)
+            t2 = ve.mul_(a).addcmul_(t, u, value=self.c_k / self.c_v)
+        else:
+            s_h = torch.bmm(qb, self.k_h[:, c0:hi].transpose(1, 2)) if self.affine else s
+            t2 = ve.sub_(oe).mul_(s_h).mul_(self.c_k)
+            if self.c_v:
+                t2.add_(torch.bmm(eb, self.v_h[:, c0:hi].transpose(1, 2)), alpha=self.c_v)
+            t2.mul_(a)
+        out = t2.reshape(KV, G, b, -1).sum((0, 1))  # [b, w]
         out[torch.arange(b, device=out.device), idx - c0] = 0.0
         return c0, out
 
