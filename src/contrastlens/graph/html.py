@@ -34,10 +34,18 @@ def graph_html(graph, *, max_edges: int = 4000, title: str | None = None, only_a
     def xy(layer: str, pos: int) -> tuple[float, float]:
         return left + dx * col_of[pos], top + dy * (len(layers) - 1 - layers.index(layer))
 
-    allw = [(abs(float(w)), s, t, int(i), int(j), float(w))
-            for (s, t), e in graph.edges.items() for j, i, w in zip(e.rows, e.cols, e.vals, strict=True)]
-    allw.sort(reverse=True)
-    allw = [x for x in allw[:max_edges] if x[3] in col_of and x[4] in col_of]
+    keys = list(graph.edges)
+    if keys and graph.num_edges():
+        vals = np.concatenate([graph.edges[k].vals for k in keys])
+        rows = np.concatenate([graph.edges[k].rows for k in keys])
+        colz = np.concatenate([graph.edges[k].cols for k in keys])
+        tid = np.concatenate([np.full(len(graph.edges[k]), x) for x, k in enumerate(keys)])
+        order = np.argsort(-np.abs(vals), kind="stable")[:max_edges]
+        allw = [(abs(float(vals[x])), keys[tid[x]][0], keys[tid[x]][1], int(colz[x]), int(rows[x]), float(vals[x]))
+                for x in order]
+    else:
+        allw = []
+    allw = [x for x in allw if x[3] in col_of and x[4] in col_of]
     wmax = allw[0][0] if allw else 1.0
     rmax = max((float(np.abs(graph.relevance[k][graph.node_mask[k]]).max(initial=0)) for k in layers), default=1.0) or 1.0
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">']
