@@ -69,6 +69,11 @@ def _transition_kind(src: str, tgt: str) -> tuple[str, int]:
     return "replay", -1
 
 
+def _row_major(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    key = r.astype(np.int64) * (int(c.max(initial=0)) + 1) + c
+    return np.argsort(key, kind="stable")
+
+
 class _Sink:
     """Collects the kept edges of one transition from row blocks (threshold / no pruning: one pass)."""
 
@@ -86,7 +91,7 @@ class _Sink:
         if not self.parts:
             return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
         r, c, v = (torch.cat(x).numpy() for x in zip(*self.parts, strict=True))
-        order = np.lexsort((c, r))
+        order = _row_major(r, c)
         return r[order], c[order], v[order]
 
 
@@ -156,7 +161,7 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
         tau = hist.threshold(np.abs(v))
         keep = np.abs(v) >= tau
         r, c, v = r[keep], c[keep], v[keep]
-        order = np.lexsort((c, r))
+        order = _row_major(r, c)
         r, c, v = r[order], c[order], v[order]
         info.update(threshold=tau, total_mass=hist.total)
     else:
