@@ -81,11 +81,11 @@ class _Sink:
         self.tau = tau
         self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def add(self, j0: int, c0: int, blk: torch.Tensor) -> None:
+    def add(self, idx: torch.Tensor, c0: int, blk: torch.Tensor) -> None:
         a = blk.abs()
         keep = a > 0 if self.tau is None else (a >= self.tau) & (a > 0)
         r, c = torch.nonzero(keep, as_tuple=True)
-        self.parts.append(((r + j0).to(torch.int32).cpu(), (c + c0).to(torch.int32).cpu(), blk[r, c].float().cpu()))
+        self.parts.append((idx[r].to(torch.int32).cpu(), (c + c0).to(torch.int32).cpu(), blk[r, c].float().cpu()))
 
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self.parts:
@@ -112,25 +112,25 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
     hist = StreamingCumMass(spec.value, device=dev) if cum else None
     cs = torch.zeros(n, dtype=torch.float64, device=dev)
     rowmax = torch.zeros(n, dtype=torch.float32, device=dev)
-    cached: list[tuple[int, int, int, torch.Tensor]] = []
+    cached: list[tuple[torch.Tensor, int, torch.Tensor]] = []
     is_cached = torch.zeros(n, dtype=torch.bool, device=dev)
     used_bytes = 0
     passes = 1
-    for j0, j1, c0, blk in ex.blocks():
-        cs[c0:j1] += blk.sum(0, dtype=torch.float64)
+    for ridx, c0, blk in ex.blocks():
+        cs[c0 : c0 + blk.shape[1]] += blk.sum(0, dtype=torch.float64)
         if rk is not None:
-            blk = blk * rk[j0:j1, None]
+            blk = blk * rk[ridx, None]
         if cum:
             a = blk.abs()
             hist.observe(a)
-            rowmax[j0:j1] = a.amax(1)
+            rowmax[ridx] = a.amax(1)
             nb = blk.numel() * blk.element_size()
             if used_bytes + nb <= cache_bytes:
-                cached.append((j0, j1, c0, blk))
-                is_cached[j0:j1] = True
+                cached.append((ridx, c0, blk))
+                is_cached[ridx] = True
                 used_bytes += nb
         else:
-            sink.add(j0, c0, blk)
+            sink.add(ridx, c0, blk)
     diag = (r_src.double() - cs).float() * active
     if rk is not None:
         diag = diag * rk
@@ -140,9 +140,9 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
         hist.end_pass1()
         passes = 2
         parts = []
-        for j0, _j1, c0, blk in cached:
+        for ridx, c0, blk in cached:
             r, c = torch.nonzero(hist.candidates(blk.abs()), as_tuple=True)
-            parts.append(((r + j0).int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
+            parts.append((ridx[r].int().cpu(), (c + c0).int().cpu(), blk[r, c].float().cpu()))
         cached.clear()
         # pass 2 recomputes only the rows not kept that hold a candidate (in the boundary bin or above)
         need = torch.nonzero(hist.candidates(rowmax) & ~is_cached).flatten()

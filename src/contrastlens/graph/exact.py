@@ -125,7 +125,7 @@ class ExactAttention:
         # as many rows per block as the budget allows: few, large tensor operations (the causal upper
         # triangle beyond each block's last row is skipped)
         self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1)))
-        self._colsum: torch.Tensor | None = None
+        self.active = self.e.abs().amax(dim=(0, 1, 3)) > 0  # rows that receive relevance
 
     # ------------------------------------------------------------------------------------ blocks
     def block(self, j0: int, j1: int) -> tuple[int, torch.Tensor]:
@@ -171,25 +171,23 @@ class ExactAttention:
         out[torch.arange(b, device=out.device), idx - c0] = 0.0
         return c0, out
 
-    def blocks(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
-        """(j0, j1, c0, block) over all rows, block by block."""
+    def blocks(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
+        """(rows, c0, block) over every target row that receives relevance, block by block: B[r, c] =
+        A[rows[r], c0 + c]. Rows whose gradient is zero (e.g. all but the last at the last layer) have
+        no edges and are skipped."""
         step = self.block_rows
-        for j0 in range(0, self.n, step):
-            j1 = min(self.n, j0 + step)
-            c0, blk = self.block(j0, j1)
-            yield j0, j1, c0, blk
-
-    def off_diagonal_column_sums(self) -> torch.Tensor:
-        """sum_{j != i} A[j, i] (one pass over the blocks unless already known)."""
-        if self._colsum is None:
-            cs = torch.zeros(self.n, dtype=torch.float64, device=self.q.device)
-            for _j0, j1, c0, blk in self.blocks():
-                cs[c0:j1] += blk.sum(0, dtype=torch.float64)
-            self._colsum = cs
-        return self._colsum
-
-    def set_column_sums(self, cs: torch.Tensor) -> None:
-        self._colsum = cs
+        dev = self.q.device
+        if bool(self.active.all()):
+            for j0 in range(0, self.n, step):
+                idx = torch.arange(j0, min(self.n, j0 + step), device=dev)
+                c0, blk = self.rows(idx)
+                yield idx, c0, blk
+        else:
+            act = torch.nonzero(self.active).flatten()
+            for k in range(0, act.numel(), step):
+                idx = act[k : k + step]
+                c0, blk = self.rows(idx)
+                yield idx, c0, blk
 
 
 def dense_attention_matrix(ex: ExactAttention, r_src: torch.Tensor) -> torch.Tensor:
@@ -197,9 +195,9 @@ def dense_attention_matrix(ex: ExactAttention, r_src: torch.Tensor) -> torch.Ten
     n = ex.n
     A = torch.zeros(n, n, dtype=torch.float32, device=ex.q.device)
     cs = torch.zeros(n, dtype=torch.float64, device=ex.q.device)
-    for j0, j1, c0, blk in ex.blocks():
-        A[j0:j1, c0:j1] = blk
-        cs[c0:j1] += blk.sum(0, dtype=torch.float64)
+    for idx, c0, blk in ex.blocks():
+        A[idx, c0 : c0 + blk.shape[1]] = blk
+        cs[c0 : c0 + blk.shape[1]] += blk.sum(0, dtype=torch.float64)
     idx = torch.arange(n, device=A.device)
     A[idx, idx] = (r_src.to(torch.float64) - cs).to(torch.float32)
     return A

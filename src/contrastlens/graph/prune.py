@@ -112,27 +112,31 @@ class StreamingCumMass:
         self.p, self.floor = float(p), float(floor)
         self.mass = torch.zeros(_NBINS, dtype=torch.float64, device=device)
         self.boundary_key: int | None = None
+        self.edge = 0.0
         self.total = 0.0
 
     def observe(self, absv: torch.Tensor) -> None:
-        v = absv.reshape(-1)
-        v = v[v > 0]
+        """Add a block of |A| values (zeros add no mass). Bin masses are summed in float32 per block
+        (the boundary gets a one-bin margin for that); the total is summed exactly in float64."""
+        v = absv.reshape(-1).float().contiguous()
         if v.numel():
-            self.mass += torch.bincount(_keys(v), weights=v.double(), minlength=_NBINS)
+            self.mass += torch.bincount(v.view(torch.int32) >> _SHIFT, weights=v, minlength=_NBINS).double()
+            self.total += float(v.sum(dtype=torch.float64))
 
     def end_pass1(self) -> None:
-        self.total = float(self.mass.sum())
         if self.total <= 0:
             self.boundary_key = _NBINS  # nothing to keep
+            self.edge = float("inf")
             return
         from_top = torch.flip(self.mass, [0]).cumsum(0)
-        target = torch.tensor([self.p * self.total], dtype=torch.float64, device=from_top.device)
+        target = torch.tensor([self.p * float(from_top[-1])], dtype=torch.float64, device=from_top.device)
         idx = min(int(torch.searchsorted(from_top, target).item()), _NBINS - 1)
-        self.boundary_key = _NBINS - 1 - idx
+        self.boundary_key = max(0, _NBINS - 1 - idx - 1)  # one bin of margin below
+        self.edge = float(torch.tensor([self.boundary_key << _SHIFT], dtype=torch.int32).view(torch.float32))
 
     def candidates(self, absv: torch.Tensor) -> torch.Tensor:
         """Mask of the values in the boundary bin or above (and non-zero)."""
-        return (_keys(absv) >= self.boundary_key) & (absv > 0)
+        return (absv >= self.edge) & (absv > 0) if self.edge <= 0 else absv >= self.edge
 
     def threshold(self, candidate_abs: np.ndarray | torch.Tensor) -> float:
         """tau from the candidate values of pass 2 (all values >= the boundary bin's lower edge)."""
