@@ -126,6 +126,7 @@ class ExactAttention:
         # triangle beyond each block's last row is skipped)
         self.block_rows = block_rows or max(8, min(n, memory_budget // max(per_row, 1)))
         self.active = self.e.abs().amax(dim=(0, 1, 3)) > 0  # rows that receive relevance
+        self._bufs: list[torch.Tensor | None] = [None, None]
 
     # ------------------------------------------------------------------------------------ blocks
     def block(self, j0: int, j1: int) -> tuple[int, torch.Tensor]:
@@ -143,7 +144,8 @@ class ExactAttention:
         qb = self.q[:, :, idx].reshape(KV, G * b, hd)
         eb = self.e[:, :, idx].reshape(KV, G * b, hd)
         oe = self.oe[:, :, idx].reshape(KV, G * b, 1)
-        s = torch.bmm(qb, self.k[:, c0:hi].transpose(1, 2))  # scaled scores [KV, G*b, w]
+        w = hi - c0
+        s = torch.bmm(qb, self.k[:, c0:hi].transpose(1, 2), out=self._buf(0, (KV, G * b, w)))  # scaled scores
         # masked scores get a large finite negative value: softmax gives exactly 0 there and a * s stays 0
         if hi - lo == b and not self.window:  # contiguous causal rows: only the square [lo, hi) is masked
             tri = torch.ones(b, b, dtype=torch.bool, device=s.device).triu_(1)
@@ -155,12 +157,13 @@ class ExactAttention:
                 keep &= cols > idx[:, None] - self.window
             s.masked_fill_(~keep.repeat(G, 1)[None], _NEG)
         a = torch.softmax(s, dim=-1)
-        ve = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2))  # (c_v) v_i . e_j
+        ve = torch.bmm(eb, self.v[:, c0:hi].transpose(1, 2), out=self._buf(1, (KV, G * b, w)))  # (c_v) v_i . e_j
         if self.fast:
-            # c_v ve + c_k (ve - oe) s  =  a ve' + r (ve' - oe') (a s),  with ' = times c_v, r = c_k / c_v
-            u = a.mul(s)
-            t = ve.sub(oe)
-            t2 = ve.mul_(a).addcmul_(t, u, value=self.c_k / self.c_v)
+            # c_v ve + c_k (ve - oe) s = ve' (a + r u) - r oe' u,  u = a s, ' = times c_v, r = c_k / c_v
+            r = self.c_k / self.c_v
+            s.mul_(a)
+            a.add_(s, alpha=r)
+            t2 = ve.mul_(a).addcmul_(s, oe, value=-r)
         else:
             s_h = torch.bmm(qb, self.k_h[:, c0:hi].transpose(1, 2)) if self.affine else s
             t2 = ve.sub_(oe).mul_(s_h).mul_(self.c_k)
@@ -170,6 +173,16 @@ class ExactAttention:
         out = t2.reshape(KV, G, b, -1).sum((0, 1))  # [b, w]
         out[torch.arange(b, device=out.device), idx - c0] = 0.0
         return c0, out
+
+    def _buf(self, k: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """A reused scratch tensor of ``shape`` (no fresh allocation per block)."""
+        numel = 1
+        for d in shape:
+            numel *= d
+        cur = self._bufs[k]
+        if cur is None or cur.numel() < numel:
+            cur = self._bufs[k] = torch.empty(numel, dtype=torch.float32, device=self.q.device)
+        return cur[:numel].view(shape)
 
     def blocks(self) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         """(rows, c0, block) over every target row that receives relevance, block by block: B[r, c] =
