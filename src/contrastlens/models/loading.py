@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -80,8 +81,17 @@ def load_model(
     return lm
 
 
+def _quiet_loading():
+    """transformers' per-weight loading bar is noise for a CLI; errors still surface."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | None, *, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_loading()
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), revision=revision)
@@ -138,6 +148,8 @@ def _gguf_folder(path: Path, *, expected_sha: str | None, name: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
+    print(f"contrastlens: converting {path.name} once to safetensors in {folder} ...", file=sys.stderr)
+    _quiet_loading()
     src_dir, fname = str(path.parent), path.name
     try:
         tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname)
