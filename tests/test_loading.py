@@ -59,3 +59,14 @@ def test_sha256_helper(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc" * 1000)
     assert loading._sha256(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_unreachable_hub_id_fails_fast(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.time()
+    with pytest.raises(ModelLoadError, match="hub is unreachable"):
+        load_model("someone/not-a-cached-model")
+    assert time.time() - t0 < 30

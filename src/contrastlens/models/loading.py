@@ -75,7 +75,7 @@ def load_model(
     else:
         if source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise ModelLoadError(f"model path {source} does not exist")
-        lm = _load_hf(source, dt, attn_implementation, revision, source=source)
+        lm = _load_hub(source, dt, attn_implementation, revision)
     if device is not None:
         lm.model.to(device)
     return lm
@@ -103,6 +103,35 @@ def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | 
         raise ModelLoadError(f"could not load model {source!r}: {msg}") from e
     model.eval()
     return LoadedModel(model, tok, source, revision)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype, attn: str, revision: str | None) -> LoadedModel:
+    """A hub id: the local HF cache first, then the hub (a quick reachability check avoids minutes of retries)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(repo_id, revision=revision, local_files_only=True)
+        cached = True
+    except (OSError, ValueError):
+        cached = False
+    if not cached and not _hub_reachable():
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local path, not a catalog alias ({', '.join(CATALOG)}), not in the Hugging Face "
+            "cache, and the hub is unreachable; give a local folder, a .gguf file or random:<arch>"
+        )
+    return _load_hf(repo_id, dtype, attn, revision, source=repo_id)
 
 
 # ------------------------------------------------------------------------------------------ GGUF
