@@ -7,7 +7,7 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "olmo2", "olmo3", "gpt2
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_lm(arch: str, attn: str = "sdpa", dtype: str = "float32", seed: int = 0):
     from contrastlens.models.loading import load_model
 

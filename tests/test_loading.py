@@ -59,3 +59,42 @@ def test_sha256_helper(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc" * 1000)
     assert loading._sha256(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_unreachable_hub_id_fails_fast(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.time()
+    with pytest.raises(ModelLoadError, match="hub is unreachable"):
+        load_model("someone/not-a-cached-model")
+    assert time.time() - t0 < 30
+
+
+def test_split_catalog_entry_is_concatenated_in_order_and_checked(tmp_path, monkeypatch):
+    import sys
+
+    from contrastlens.models.catalog import CATALOG, CatalogEntry
+
+    monkeypatch.setenv("CONTRASTLENS_CACHE", str(tmp_path / "cache"))
+    chunks = [b"GGUF" + b"\x01" * 10, b"\x02" * 7, b"\x03" * 5]
+    for i, data in enumerate(chunks, 1):
+        pkg = tmp_path / "site" / f"fake_model_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("fake_model_part1", None)
+    parts = tuple((f"fake_model_part{i}", f"data/part{i:02d}.bin") for i in (1, 2, 3))
+    good_sha = hashlib.sha256(b"".join(chunks)).hexdigest()
+    entry = CatalogEntry("fake-split", "fake_model_part1", "pip install fake", "fake.gguf", "f" * 64, "llama", "",
+                         parts=parts)
+    monkeypatch.setitem(CATALOG, "fake-split", entry)
+    with pytest.raises(ModelLoadError, match="corrupt: sha256 " + good_sha[:16]):
+        load_model("fake-split")
+    assert not (tmp_path / "cache" / "gguf" / "fake.gguf").exists()  # a corrupt assembly is not kept
+    # with the right checksum the bytes reach the GGUF reader (which rejects this toy file)
+    monkeypatch.setitem(CATALOG, "fake-split", CatalogEntry(**{**entry.__dict__, "sha256": good_sha}))
+    with pytest.raises(ModelLoadError, match="could not read GGUF"):
+        load_model("fake-split")

@@ -25,9 +25,16 @@ class StateRecorder:
         if not (isinstance(h, torch.Tensor) and h.requires_grad):
             return  # e.g. a recomputation under no_grad
 
-        def hook(g: torch.Tensor, _h=h, _key=key) -> None:
-            hb, gb = _h[0], g[0]
-            rel = (hb.float() * gb.float()).sum(-1)
+        box = [h]  # released once the gradient has arrived, so h is freed as early as in plain autograd
+
+        def hook(g: torch.Tensor, _key=key) -> None:
+            if not box:
+                return
+            hb, gb = box.pop()[0], g[0]
+            if hb.dtype == torch.float32 and gb.dtype == torch.float32:  # no n x d temporary
+                rel = torch.bmm(hb.unsqueeze(1), gb.unsqueeze(2)).reshape(-1)
+            else:
+                rel = (hb.float() * gb.float()).sum(-1)
             self.relevance[_key] = rel
             if self.keep_states:
                 self.states[_key] = (hb.detach(), gb.detach())

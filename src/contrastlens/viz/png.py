@@ -18,7 +18,9 @@ def explanation_png(ex, path: str | Path, *, norm: str = "max_abs", width: float
 
         raise ContrastLensError("PNG output needs matplotlib: pip install matplotlib") from None
     vals = normalize(ex.input_relevance, ex.special_mask, norm)
-    chars_per_line = 90
+    fontsize = 8
+    columns = int(width * 72 / (0.6 * fontsize))  # monospace glyphs are ~0.6 em wide: 1 x-unit = 1 char
+    chars_per_line = columns - 4
     lines: list[list[tuple[str, float, bool]]] = [[]]
     used = 0
     for tok, v, sp in zip(ex.tokens, vals, ex.special_mask, strict=True):
@@ -34,7 +36,7 @@ def explanation_png(ex, path: str | Path, *, norm: str = "max_abs", width: float
     fig = plt.figure(figsize=(width, height), dpi=120)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_axis_off()
-    ax.set_xlim(0, chars_per_line + 2)
+    ax.set_xlim(0, columns)
     ax.set_ylim(-len(lines) - 2, 1)
     title = f"{ex.objective_description}   logit diff = {ex.logit_diff:.3f}   ({ex.source})"
     ax.text(1, 0, title, fontsize=9, fontweight="bold", va="center", family="monospace")
@@ -43,7 +45,7 @@ def explanation_png(ex, path: str | Path, *, norm: str = "max_abs", width: float
         for shown, v, sp in line:
             r, g, b, a = colour(v)
             face = (0.9, 0.9, 0.9, 1.0) if sp else (r / 255, g / 255, b / 255, a)
-            ax.text(x, -row - 1.5, shown, fontsize=8, family="monospace", va="center",
+            ax.text(x, -row - 1.5, shown, fontsize=fontsize, family="monospace", va="center",
                     bbox=dict(boxstyle="square,pad=0.1", fc=face, ec="none"))
             x += len(shown) * 1.0
     path = Path(path)
