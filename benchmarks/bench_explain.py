@@ -18,10 +18,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rss import peak_extra_rss  # noqa: E402
 
 CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
               num_key_value_heads=4, head_dim=64, max_position_embeddings=16384)
@@ -52,40 +54,13 @@ def explanation(lm, ids, t, c):
     return explain(lm, ids, t, c)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_extra_rss(fn) -> int:
-    """Peak RSS above the level before ``fn`` runs, sampled every millisecond."""
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.001)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        th.join()
-    peak[0] = max(peak[0], _rss())
-    return peak[0] - base
-
-
 def child(kind: str, n: int) -> None:
     torch.manual_seed(0)
     lm = build()
     ids = torch.randint(10, 500, (n,)).tolist()
     fn = {"plain": plain_input_x_gradient, "explain": explanation}[kind]
     fn(lm, ids[:64], 11, 17)  # warm-up (allocator, lazy inits) at a small size
-    print(json.dumps({"peak": peak_extra_rss(lambda: fn(lm, ids, 11, 17))}))
+    print(json.dumps({"peak": peak_extra_rss(lambda: fn(lm, ids, 11, 17))[0]}))
 
 
 def measure_memory(kind: str, n: int) -> int:

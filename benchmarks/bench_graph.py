@@ -25,10 +25,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rss import peak_extra_rss, rss  # noqa: E402
 
 CONFIG = dict(vocab_size=512, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
               num_key_value_heads=4, head_dim=64, max_position_embeddings=16384, tie_word_embeddings=False,
@@ -63,31 +65,6 @@ def graph(lm, ids, **kw):
     return attribution_graph(lm, ids, TARGET, CONTRAST, **kw)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_extra_rss(fn):
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        out = fn()
-    finally:
-        done.set()
-        th.join()
-    return max(peak[0], _rss()) - base, out
-
-
 _BASE_RSS = 0
 
 
@@ -97,13 +74,13 @@ def child(kind: str, n: int) -> None:
     ids = ids_of(n)
     if kind == "explain":
         explain(lm, ids[:64])  # warm-up
-        _BASE_RSS = _rss()
+        _BASE_RSS = rss()
         t0 = time.perf_counter()
         peak, _ = peak_extra_rss(lambda: explain(lm, ids))
         res = {"seconds": time.perf_counter() - t0}
     else:
         graph(lm, ids[:64], prune="cum_mass:0.85")
-        _BASE_RSS = _rss()
+        _BASE_RSS = rss()
         t0 = time.perf_counter()
         peak, g = peak_extra_rss(lambda: graph(lm, ids, prune="cum_mass:0.85"))
         res = {"seconds": time.perf_counter() - t0, "explain_seconds": g.meta["seconds_explain"],

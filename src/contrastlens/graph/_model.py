@@ -19,22 +19,13 @@ import torch
 from torch import nn
 
 from contrastlens.adapters import ArchAdapter
+from contrastlens.attribution.taps import layer_names  # noqa: F401  (re-exported for graph modules)
 
 _CAPTURE_KEY = "contrastlens_capture"
 _CAPTURE_HOOKS: dict[int, Callable] = {}
 
 
 # --------------------------------------------------------------------------------------- node names
-def layer_names(num_layers: int, mid: bool = True) -> list[str]:
-    """Node-layer names in model order: ``emb, 0.mid, 0, 1.mid, 1, ...``."""
-    names = ["emb"]
-    for i in range(num_layers):
-        if mid:
-            names.append(f"{i}.mid")
-        names.append(str(i))
-    return names
-
-
 def layer_index(name: str) -> float:
     """A sortable position of a node layer in model order: emb -> -1, ``l.mid`` -> l - 0.5, ``l`` -> l."""
     if name == "emb":

@@ -176,19 +176,22 @@ def _exact_transition(ex: ExactAttention, r_src: torch.Tensor, spec: PruneSpec |
     return Edges(r, c, v), info
 
 
-def _dense_edges(A: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
-    A = A.float().cpu().numpy()
-    absA = np.abs(A)
+def _keep_mask(absw: np.ndarray, spec: PruneSpec | None) -> tuple[np.ndarray, dict]:
+    """Which |weights| survive the pruning spec (all non-zero ones without a spec), and its record."""
     info: dict = {}
     if spec is None:
-        keep = absA > 0
-    elif spec.mode == "cum_mass":
-        tau = cum_mass_threshold(absA, spec.value)
-        keep = absA >= tau
-        info.update(threshold=tau, total_mass=float(absA.sum(dtype=np.float64)))
-    else:
-        keep = (absA >= spec.value) & (absA > 0)
-        info.update(threshold=spec.value)
+        return absw > 0, info
+    if spec.mode == "cum_mass":
+        tau = cum_mass_threshold(absw, spec.value)
+        info.update(threshold=tau, total_mass=float(absw.sum(dtype=np.float64)))
+        return absw >= tau, info
+    info.update(threshold=spec.value)
+    return (absw >= spec.value) & (absw > 0), info
+
+
+def _dense_edges(A: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
+    A = A.float().cpu().numpy()
+    keep, info = _keep_mask(np.abs(A), spec)
     r, c = np.nonzero(keep)
     return Edges(r, c, A[r, c]), info
 
@@ -320,17 +323,7 @@ def attribution_graph(
 def _dense_diag(d: torch.Tensor, vals: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
     v = vals.float().cpu().numpy()
     r = d.int().cpu().numpy()
-    absv = np.abs(v)
-    info: dict = {}
-    if spec is None:
-        keep = absv > 0
-    elif spec.mode == "cum_mass":
-        tau = cum_mass_threshold(absv, spec.value)
-        keep = absv >= tau
-        info.update(threshold=tau, total_mass=float(absv.sum(dtype=np.float64)))
-    else:
-        keep = (absv >= spec.value) & (absv > 0)
-        info.update(threshold=spec.value)
+    keep, info = _keep_mask(np.abs(v), spec)
     return Edges(r[keep], r[keep], v[keep]), info
 
 
