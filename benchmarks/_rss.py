@@ -32,3 +32,9 @@ def peak_extra_rss(fn, interval: float = 0.001):
         done.set()
         th.join()
     return max(peak[0], rss()) - base, out
+
+
+# A fixed mmap threshold makes glibc return every large block to the OS when it is freed, so RSS follows
+# the live tensors instead of the allocator's caching. Benchmarks run each measurement in a child process
+# with this environment (the same for both sides of a ratio).
+CHILD_ENV = {"PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}

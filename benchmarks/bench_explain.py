@@ -23,7 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _rss import peak_extra_rss  # noqa: E402
+from _rss import CHILD_ENV, peak_extra_rss  # noqa: E402
 
 CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
               num_key_value_heads=4, head_dim=64, max_position_embeddings=16384)
@@ -64,8 +64,9 @@ def child(kind: str, n: int) -> None:
 
 
 def measure_memory(kind: str, n: int) -> int:
+    env = {**os.environ, **CHILD_ENV}
     out = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
 
 

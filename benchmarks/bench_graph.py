@@ -30,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _rss import peak_extra_rss, rss  # noqa: E402
+from _rss import CHILD_ENV, peak_extra_rss, rss  # noqa: E402
 
 CONFIG = dict(vocab_size=512, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
               num_key_value_heads=4, head_dim=64, max_position_embeddings=16384, tie_word_embeddings=False,
@@ -91,7 +91,7 @@ def child(kind: str, n: int) -> None:
 
 def run_child(kind: str, n: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         env={**os.environ, **CHILD_ENV})
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
