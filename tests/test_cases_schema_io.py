@@ -90,3 +90,29 @@ def test_torn_last_line_is_repaired_and_resume_state(tmp_path):
     store.mark("2", "passed")
     assert CaseStore(f).is_done("2")
     assert not CaseStore(f, resume=False).is_done("1")
+
+
+def test_explain_case_builds_ids_and_calls_the_engine(monkeypatch):
+    import sys
+    import types
+
+    from contrastlens.cases.explain import case_inputs, explain_case
+
+    c = make_case()
+    assert case_inputs(c) == ([5, 6, 10], 11, 13)
+    calls = []
+    fake = types.ModuleType("contrastlens.attribution.explain")
+    fake.explain = lambda lm, prompt, target, contrast, **kw: calls.append((prompt, target, contrast, kw)) or "ex"
+    monkeypatch.setitem(sys.modules, "contrastlens.attribution.explain", fake)
+
+    class LM:
+        vocab_size = 100
+        source = "random:qwen3"
+
+    assert explain_case(LM(), c, rule="attnlrp") == "ex"
+    assert calls == [([5, 6, 10], 11, 13, {"rule": "attnlrp", "chat": False})]
+    with pytest.raises(InputError, match="not localised"):
+        case_inputs(make_case(status="unlocalised", clean=False, failure_index=None))
+    LM.vocab_size = 8
+    with pytest.raises(InputError, match="different tokenizer"):
+        explain_case(LM(), c)

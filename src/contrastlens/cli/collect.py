@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model, dtype=args.dtype)
     if args.chat and not getattr(lm.tokenizer, "chat_template", None):
-        raise InputError(f"the tokenizer of {args.model} has no chat template; run with --no-chat")
+        print(f"warning: the tokenizer of {args.model} has no chat template; every item will be skipped "
+              "(run with --no-chat)", file=sys.stderr)
     sibling = None
     if args.sibling:
         sibling = load_model(args.sibling, dtype=args.dtype)
