@@ -7,17 +7,17 @@ set -u
 DATA=${DATA:-${CONTRASTLENS_DATA:-../shared/data}}
 OUT=${OUT:-out/study}
 MODEL=${MODEL:-smollm2-135m-instruct}
-ROUNDS=${ROUNDS:-"1 2 3 4"}
+ROUNDS=${ROUNDS:-"1 2 3 4 5 6"}
 mkdir -p "$OUT"
 run() {  # benchmark limit max_new_tokens [extra args]
   local b=$1 n=$2 t=$3; shift 3
   python -m contrastlens collect -b "$b" -m "$MODEL" --data "$DATA" --limit "$n" --max-new-tokens "$t" \
-    --top-k 4 --max-probes 8 --batch-size 8 --no-progress --out "$OUT/$b-$(basename "$MODEL" .gguf).jsonl" "$@"
+    --top-k 4 --max-probes 7 --batch-size 8 --threads "${THREADS:-1}" --no-progress --out "$OUT/$b-$(basename "$MODEL" .gguf).jsonl" "$@"
 }
 for r in $ROUNDS; do
-  run ifeval $((24 * r)) 160
-  run math500 $((12 * r)) 200 --filter level=1,2
-  run humaneval $((12 * r)) 256
+  run ifeval $((16 * r)) 128
+  run math500 $((8 * r)) 192 --filter level=1,2
+  run humaneval $((8 * r)) 256
 done
 if [ -n "${QWEN_GGUF:-}" ]; then
   MODEL=$QWEN_GGUF run humaneval "${QWEN_LIMIT:-12}" 256

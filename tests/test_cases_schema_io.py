@@ -3,7 +3,7 @@ import json
 import pytest
 
 import contrastlens as cl
-from contrastlens.cases.io import CaseStore, get_case, load_cases, repair_tail
+from contrastlens.cases.io import CaseStore, get_case, load_case, load_cases, repair_tail
 from contrastlens.cases.schema import FailureCase, Rollout
 from contrastlens.errors import InputError
 
@@ -62,7 +62,7 @@ def test_roundtrip_load_and_lookup(tmp_path):
     assert [c.id for c in cases] == ["t-1", "t-2"]
     assert [c.id for c in cl.load_cases(f, clean_only=True)] == ["t-1"]
     assert get_case(f"{f}#t-2").delta_logit == pytest.approx(0.3)
-    assert get_case(f"{f}#0").id == "t-1"
+    assert get_case(f"{f}#0").id == "t-1" and load_case(f"{f}#t-1").id == "t-1"
     with pytest.raises(InputError, match="no case"):
         get_case(f"{f}#nope")
     with pytest.raises(InputError, match="FILE#ID"):

@@ -146,3 +146,6 @@ class CaseStore:
 
     def records(self) -> list[dict[str, Any]]:
         return list(self.done.values())
+
+
+load_case = get_case
