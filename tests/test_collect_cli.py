@@ -47,3 +47,10 @@ def test_collect_cli_bad_input_exits_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(base + ["--benchmark", "math500", "--data", str(wrong), "--contrast", "x"]) == 2
     assert "--contrast needs --failure-index" in capsys.readouterr().err
+
+
+def test_filter_matches_scalars_and_lists():
+    from contrastlens.cli.collect import _matches
+
+    assert _matches(1, {"1", "2"}) and not _matches(3, {"1", "2"})
+    assert _matches(["a:x", "b:y"], {"b:y"}) and not _matches(["a:x"], {"b:y"})

@@ -18,7 +18,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=int, default=0, help="skip the first N items")
     p.add_argument("--items", default=None, help="comma-separated item ids to run")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=V1,V2",
-                   help="keep items whose data field equals one of the values (e.g. level=1,2); repeatable")
+                   help="keep items whose data field (or one element of a list field) equals one of the values, e.g. "
+                        "level=1,2 or instruction_id_list=punctuation:no_comma; repeatable")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default per benchmark)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top-k", type=int, default=4, help="alternatives rolled out per probed position")
@@ -36,6 +37,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an existing --out")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _matches(value: object, allowed: set[str]) -> bool:
+    """A data field matches when it (or, for a list field, one of its elements) is an allowed value."""
+    if isinstance(value, list | tuple):
+        return any(str(v) in allowed for v in value)
+    return str(value) in allowed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--filter {flt!r} must be FIELD=VALUE[,VALUE...]")
         key, vals = flt.split("=", 1)
         allowed = {v.strip() for v in vals.split(",")}
-        items = [it for it in items if str(it.data.get(key)) in allowed]
+        items = [it for it in items if _matches(it.data.get(key), allowed)]
     items = items[args.offset :]
     if args.limit is not None:
         items = items[: args.limit]
