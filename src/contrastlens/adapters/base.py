@@ -71,19 +71,17 @@ class BlockParts:
 
 @dataclass(frozen=True)
 class ArchAdapter:
-    """Where the parts of one architecture live."""
+    """Where the parts of one architecture live (defaults: the common Hugging Face decoder layout)."""
 
     name: str
     model_types: tuple[str, ...]
-    base_model: str  # path of the decoder stack inside the *ForCausalLM
-    embed_tokens: str  # relative to base_model
-    layers: str  # relative to base_model: a ModuleList of blocks
-    final_norm: str  # relative to base_model
-    lm_head: str  # relative to the *ForCausalLM
     block: BlockParts
     norm: NormSpec = field(default_factory=NormSpec)
-    # dropout modules (relative to the CausalLM) that must be inert; attention dropout is switched off
-    # through eval mode
+    base_model: str = "model"  # path of the decoder stack inside the *ForCausalLM
+    embed_tokens: str = "embed_tokens"  # relative to base_model
+    layers: str = "layers"  # relative to base_model: a ModuleList of blocks
+    final_norm: str = "norm"  # relative to base_model
+    lm_head: str = "lm_head"  # relative to the *ForCausalLM
     notes: str = ""
 
     def base(self, model: nn.Module) -> nn.Module:

@@ -41,31 +41,34 @@ def _model_type(model) -> str:
     return mt
 
 
-# Llama-style pre-norm blocks with a SwiGLU MLP: Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k-norm).
+# Parts shared by the Llama-like families: separate q/k/v/o projections and a SwiGLU/GeGLU MLP.
+_SELF_ATTN = dict(
+    attention="self_attn",
+    q_proj="self_attn.q_proj",
+    k_proj="self_attn.k_proj",
+    v_proj="self_attn.v_proj",
+    o_proj="self_attn.o_proj",
+)
+_GATED_MLP = dict(
+    act="mlp.act_fn",
+    gate_proj="mlp.gate_proj",
+    up_proj="mlp.up_proj",
+    down_proj="mlp.down_proj",
+    gate_product_consumer="mlp.down_proj",
+)
+_QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
+
+
+# Llama-style pre-norm blocks: Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k-norm).
 def _llama_like(name: str, model_types: tuple[str, ...], qk_norm: bool = False) -> ArchAdapter:
-    norms = ("input_layernorm", "post_attention_layernorm")
-    if qk_norm:
-        norms = norms + ("self_attn.q_norm", "self_attn.k_norm")
+    norms = ("input_layernorm", "post_attention_layernorm") + (_QK_NORMS if qk_norm else ())
     return ArchAdapter(
         name=name,
         model_types=model_types,
-        base_model="model",
-        embed_tokens="embed_tokens",
-        layers="layers",
-        final_norm="norm",
-        lm_head="lm_head",
         block=BlockParts(
-            attention="self_attn",
+            **_SELF_ATTN,
+            **_GATED_MLP,
             norms=norms,
-            q_proj="self_attn.q_proj",
-            k_proj="self_attn.k_proj",
-            v_proj="self_attn.v_proj",
-            o_proj="self_attn.o_proj",
-            act="mlp.act_fn",
-            gate_proj="mlp.gate_proj",
-            up_proj="mlp.up_proj",
-            down_proj="mlp.down_proj",
-            gate_product_consumer="mlp.down_proj",
             mid="post_attention_layernorm",
             attn_in_norm="input_layernorm",
             mlp_in_norm="post_attention_layernorm",
@@ -78,35 +81,17 @@ MISTRAL = register_adapter(_llama_like("mistral", ("mistral",)))
 QWEN2 = register_adapter(_llama_like("qwen2", ("qwen2",)))
 QWEN3 = register_adapter(_llama_like("qwen3", ("qwen3",), qk_norm=True))
 
+# Gemma3: sandwich norms (before and after each sub-block), norms scale by 1 + w.
 GEMMA3 = register_adapter(
     ArchAdapter(
         name="gemma3",
         model_types=("gemma3_text",),
-        base_model="model",
-        embed_tokens="embed_tokens",
-        layers="layers",
-        final_norm="norm",
-        lm_head="lm_head",
         norm=NormSpec(kind="rms", weight_offset=1.0),
         block=BlockParts(
-            attention="self_attn",
-            norms=(
-                "input_layernorm",
-                "post_attention_layernorm",
-                "pre_feedforward_layernorm",
-                "post_feedforward_layernorm",
-                "self_attn.q_norm",
-                "self_attn.k_norm",
-            ),
-            q_proj="self_attn.q_proj",
-            k_proj="self_attn.k_proj",
-            v_proj="self_attn.v_proj",
-            o_proj="self_attn.o_proj",
-            act="mlp.act_fn",
-            gate_proj="mlp.gate_proj",
-            up_proj="mlp.up_proj",
-            down_proj="mlp.down_proj",
-            gate_product_consumer="mlp.down_proj",
+            **_SELF_ATTN,
+            **_GATED_MLP,
+            norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                   "post_feedforward_layernorm") + _QK_NORMS,
             mid="pre_feedforward_layernorm",
             attn_in_norm="input_layernorm",
             attn_out_norm="post_attention_layernorm",
@@ -117,32 +102,15 @@ GEMMA3 = register_adapter(
 )
 
 
+# Olmo2/Olmo3: post-norm (norms on the sub-block outputs), q/k-norm over the full projection width.
 def _olmo(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
     return ArchAdapter(
         name=name,
         model_types=model_types,
-        base_model="model",
-        embed_tokens="embed_tokens",
-        layers="layers",
-        final_norm="norm",
-        lm_head="lm_head",
         block=BlockParts(
-            attention="self_attn",
-            norms=(
-                "post_attention_layernorm",
-                "post_feedforward_layernorm",
-                "self_attn.q_norm",
-                "self_attn.k_norm",
-            ),
-            q_proj="self_attn.q_proj",
-            k_proj="self_attn.k_proj",
-            v_proj="self_attn.v_proj",
-            o_proj="self_attn.o_proj",
-            act="mlp.act_fn",
-            gate_proj="mlp.gate_proj",
-            up_proj="mlp.up_proj",
-            down_proj="mlp.down_proj",
-            gate_product_consumer="mlp.down_proj",
+            **_SELF_ATTN,
+            **_GATED_MLP,
+            norms=("post_attention_layernorm", "post_feedforward_layernorm") + _QK_NORMS,
             mid="mlp",
             post_norm=True,
             attn_out_norm="post_attention_layernorm",
@@ -154,6 +122,7 @@ def _olmo(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
 OLMO2 = register_adapter(_olmo("olmo2", ("olmo2",)))
 OLMO3 = register_adapter(_olmo("olmo3", ("olmo3",)))
 
+# GPT-2: LayerNorm with biases, a fused Conv1D q/k/v projection, a non-gated GELU MLP.
 GPT2 = register_adapter(
     ArchAdapter(
         name="gpt2",
@@ -162,7 +131,6 @@ GPT2 = register_adapter(
         embed_tokens="wte",
         layers="h",
         final_norm="ln_f",
-        lm_head="lm_head",
         norm=NormSpec(kind="layer"),
         block=BlockParts(
             attention="attn",

@@ -1,0 +1,1 @@
+"""The attribution engine: one forward and one modified backward pass per explanation."""

@@ -88,7 +88,7 @@ class LoadedModel:
             if not 0 <= token < v:
                 raise TokenizationError(f"{what} id {token} is outside the vocabulary [0, {v})")
             return token
-        if isinstance(token, str) and token.lstrip("-").isdigit() and token.startswith("#"):
+        if isinstance(token, str) and token.startswith("#") and token[1:].isdigit():
             return self.token_id(int(token[1:]), context_ids, what=what)
         if not isinstance(token, str) or token == "":
             raise TokenizationError(f"{what} must be a token id or a non-empty string, got {token!r}")

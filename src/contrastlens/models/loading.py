@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -74,14 +75,23 @@ def load_model(
     else:
         if source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise ModelLoadError(f"model path {source} does not exist")
-        lm = _load_hf(source, dt, attn_implementation, revision, source=source)
+        lm = _load_hub(source, dt, attn_implementation, revision)
     if device is not None:
         lm.model.to(device)
     return lm
 
 
+def _quiet_loading():
+    """transformers' per-weight loading bar is noise for a CLI; errors still surface."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | None, *, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_loading()
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), revision=revision)
@@ -95,6 +105,35 @@ def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | 
     return LoadedModel(model, tok, source, revision)
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype, attn: str, revision: str | None) -> LoadedModel:
+    """A hub id: the local HF cache first, then the hub (a quick reachability check avoids minutes of retries)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(repo_id, revision=revision, local_files_only=True)
+        cached = True
+    except (OSError, ValueError):
+        cached = False
+    if not cached and not _hub_reachable():
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local path, not a catalog alias ({', '.join(CATALOG)}), not in the Hugging Face "
+            "cache, and the hub is unreachable; give a local folder, a .gguf file or random:<arch>"
+        )
+    return _load_hf(repo_id, dtype, attn, revision, source=repo_id)
+
+
 # ------------------------------------------------------------------------------------------ GGUF
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -104,30 +143,63 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _catalog_folder(entry: CatalogEntry) -> Path:
-    spec = importlib.util.find_spec(entry.package)
+def _package_dir(package: str, entry: CatalogEntry) -> Path:
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"model {entry.alias!r} needs the package {entry.package!r}: run `{entry.pip}`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
-    if not path.exists():
-        raise ModelLoadError(f"{path} is missing; reinstall with `{entry.pip} --force-reinstall`")
-    return _gguf_folder(path, expected_sha=entry.sha256, name=entry.alias)
+        raise ModelLoadError(f"model {entry.alias!r} needs the package {package!r}: run `{entry.pip}`")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def _gguf_folder(path: Path, *, expected_sha: str | None, name: str) -> Path:
+def _catalog_folder(entry: CatalogEntry) -> Path:
+    done = cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
+    if (done / "contrastlens.json").exists():
+        return done
+    if entry.parts or entry.assemble:
+        path = cache_dir() / "gguf" / entry.filename
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            if entry.assemble:
+                import importlib
+
+                mod_name, fn = entry.assemble.split(":")
+                _package_dir(mod_name, entry)
+                getattr(importlib.import_module(mod_name), fn)(tmp, overwrite=True)
+            else:
+                with open(tmp, "wb") as out:
+                    for package, rel in entry.parts:
+                        src = _package_dir(package, entry) / rel
+                        if not src.exists():
+                            raise ModelLoadError(f"{src} is missing; reinstall with `{entry.pip} --force-reinstall`")
+                        with open(src, "rb") as f:
+                            while chunk := f.read(1 << 24):
+                                out.write(chunk)
+            tmp.rename(path)
+    else:
+        path = _package_dir(entry.package, entry) / entry.filename
+        if not path.exists():
+            raise ModelLoadError(f"{path} is missing; reinstall with `{entry.pip} --force-reinstall`")
+    folder = _gguf_folder(path, expected_sha=entry.sha256, name=entry.alias, folder=done)
+    if entry.parts or entry.assemble:
+        path.unlink(missing_ok=True)  # the safetensors folder is what later loads read
+    return folder
+
+
+def _gguf_folder(path: Path, *, expected_sha: str | None, name: str, folder: Path | None = None) -> Path:
     """Convert a GGUF file once to a safetensors folder in the cache; return that folder."""
     if not path.exists():
         raise ModelLoadError(f"GGUF file {path} does not exist")
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "models" / f"{name}-{key}"
+    if folder is None:
+        st = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+        folder = cache_dir() / "models" / f"{name}-{key}"
     marker = folder / "contrastlens.json"
     if marker.exists():
         return folder
     sha = _sha256(path)
     if expected_sha is not None and sha != expected_sha:
+        if path.is_relative_to(cache_dir()):
+            path.unlink(missing_ok=True)
         raise ModelLoadError(
             f"{path} is corrupt: sha256 {sha[:16]}... differs from the expected {expected_sha[:16]}...; reinstall it"
         )
@@ -138,6 +210,8 @@ def _gguf_folder(path: Path, *, expected_sha: str | None, name: str) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
+    print(f"contrastlens: converting {path.name} once to safetensors in {folder} ...", file=sys.stderr)
+    _quiet_loading()
     src_dir, fname = str(path.parent), path.name
     try:
         tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname)

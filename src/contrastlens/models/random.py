@@ -79,6 +79,8 @@ def _config(arch: str, vocab: int, **over):
         eos_token_id=1,
         pad_token_id=2,
     )
+    if arch in ("qwen3", "gemma3"):
+        common["head_dim"] = 16
     common.update(over)
     if arch == "llama":
         return tf.LlamaConfig(**common)
@@ -87,10 +89,10 @@ def _config(arch: str, vocab: int, **over):
     if arch == "qwen2":
         return tf.Qwen2Config(**common)  # q/k/v biases
     if arch == "qwen3":
-        return tf.Qwen3Config(head_dim=16, **common)
+        return tf.Qwen3Config(**common)
     if arch == "gemma3":
         return tf.Gemma3TextConfig(
-            head_dim=16, sliding_window=8, query_pre_attn_scalar=16, final_logit_softcapping=None,
+            sliding_window=8, query_pre_attn_scalar=16, final_logit_softcapping=None,
             attn_logit_softcapping=None, **common,
         )
     if arch == "olmo2":

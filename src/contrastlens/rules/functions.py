@@ -24,9 +24,9 @@ class NormRule(torch.autograd.Function):
     def forward(ctx, x, module, kind, weight_offset):  # type: ignore[override]
         y = type(module).forward(module, x)
         xf = x.float()
-        if kind == "rms":
-            eps = _eps(module)
-            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        if kind == "rms":  # the normaliser only (no n x d temporaries): rsqrt(|x|^2 / d + eps)
+            sq = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(xf.shape[-1])
+            r = sq.add_(_eps(module)).rsqrt_()
         else:
             r = torch.rsqrt(xf.var(-1, keepdim=True, unbiased=False) + module.eps)
         ctx.save_for_backward(r)
@@ -37,16 +37,12 @@ class NormRule(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         (r,) = ctx.saved_tensors
         m = ctx.module
-        gf = g.float()
         w = getattr(m, "weight", None)
-        if w is not None:
-            gf = gf * (w.float() + ctx.offset)
-        elif ctx.offset:
-            gf = gf * (1.0 + ctx.offset)
-        if ctx.kind == "rms":
-            dx = gf * r
-        else:
-            dx = (gf - gf.mean(-1, keepdim=True)) * r
+        scale = (w.float() + ctx.offset) if w is not None else torch.tensor(1.0 + ctx.offset, device=g.device)
+        dx = g.float() * scale  # a fresh tensor: in-place below is safe
+        if ctx.kind == "layer":
+            dx.sub_(dx.mean(-1, keepdim=True))
+        dx.mul_(r)
         return dx.to(ctx.dtype), None, None, None
 
 
@@ -64,17 +60,16 @@ class IdentityRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn):  # type: ignore[override]
         y = fn(x)
-        xf = x.float()
-        safe = torch.where(xf == 0, torch.ones_like(xf), xf)
-        ratio = torch.where(xf == 0, torch.zeros_like(xf), y.float() / safe)
-        ctx.save_for_backward(ratio.to(x.dtype))
+        # f(x)/x, with 0 where x == 0 (0/0); one temporary, computed in the input dtype
+        ratio = torch.div(y, x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        ctx.save_for_backward(ratio)
         ctx.dtype = x.dtype
         return y
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (ratio,) = ctx.saved_tensors
-        return (g.float() * ratio).to(ctx.dtype), None
+        return g * ratio, None
 
 
 class GradScale(torch.autograd.Function):

@@ -1,0 +1,149 @@
+"""The result of one explanation, with saving, loading and rendering."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_ARRAYS = ("input_relevance", "layer_relevance", "mid_relevance")
+
+
+@dataclass
+class Explanation:
+    """Relevance of every input token and residual-stream state for one contrastive prediction.
+
+    ``input_relevance`` [n]: token embeddings ⊙ modified gradient, summed over the hidden dimension.
+    ``layer_relevance`` [L+1, n]: row 0 the input of block 0 (embeddings), row l+1 the output of block l.
+    ``mid_relevance`` [L, n]: residual stream after block l's attention, before its MLP.
+    Positive relevance supports the target, negative the contrast. ``layer_relevance[-1, position]``
+    equals ``logit_diff`` (minus ``final_norm_bias_share``, non-zero only for LayerNorm models with a
+    bias in the final norm).
+    """
+
+    source: str
+    rule: str
+    objective: str
+    objective_description: str
+    target_id: int
+    contrast_id: int | None
+    target_str: str
+    contrast_str: str | None
+    position: int
+    input_ids: list[int]
+    tokens: list[str]
+    special_mask: list[bool]
+    prompt: str | None
+    logit_diff: float
+    input_relevance: np.ndarray
+    layer_relevance: np.ndarray
+    mid_relevance: np.ndarray
+    final_norm_bias_share: float = 0.0
+    top_logits: list[tuple[int, str, float]] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    states: dict | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.layer_relevance.shape[0] - 1)
+
+    def top_tokens(self, k: int = 5, sign: int = 1) -> list[tuple[int, str, float]]:
+        """The k strongest non-special tokens supporting the target (sign=1) or the contrast (sign=-1)."""
+        r = np.asarray(self.input_relevance, dtype=np.float64) * sign
+        order = [i for i in np.argsort(-r) if not self.special_mask[i] and r[i] > 0]
+        return [(int(i), self.tokens[i], float(self.input_relevance[i])) for i in order[:k]]
+
+    def normalized(self, mode: str = "max_abs") -> np.ndarray:
+        from contrastlens.viz.normalize import normalize
+
+        return normalize(self.input_relevance, self.special_mask, mode)
+
+    # ----------------------------------------------------------- persistence
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in _ARRAYS and k != "states"}
+        for k in _ARRAYS:
+            d[k] = np.asarray(getattr(self, k)).tolist()
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        s = json.dumps(self.to_dict(), ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(s, encoding="utf-8")
+        return s
+
+    def save(self, path: str | Path) -> Path:
+        """Save to a ``.ctl`` file (a zip of JSON metadata and float32 arrays)."""
+        path = Path(path)
+        meta = {k: v for k, v in self.to_dict().items() if k not in _ARRAYS}
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("meta.json", json.dumps(meta, ensure_ascii=False))
+            for k in _ARRAYS:
+                buf = io.BytesIO()
+                np.save(buf, np.asarray(getattr(self, k), dtype=np.float32))
+                z.writestr(f"{k}.npy", buf.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Explanation:
+        from contrastlens.errors import ContrastLensError
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                meta = json.loads(z.read("meta.json"))
+                arrays = {k: np.load(io.BytesIO(z.read(f"{k}.npy"))) for k in _ARRAYS}
+        except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+            raise ContrastLensError(f"{path} is not a readable explanation file: {e}") from None
+        if meta.pop("format_version", None) != FORMAT_VERSION:
+            raise ContrastLensError(f"{path} has an unsupported explanation format version")
+        meta["top_logits"] = [tuple(t) for t in meta.get("top_logits", [])]
+        return cls(**meta, **arrays)
+
+    # -------------------------------------------------------------- rendering
+    def to_html(self, path: str | Path | None = None, *, norm: str = "max_abs") -> str:
+        from contrastlens.viz.html import explanation_html
+
+        html = explanation_html(self, norm=norm)
+        if path is not None:
+            Path(path).write_text(html, encoding="utf-8")
+        return html
+
+    def _repr_html_(self) -> str:
+        from contrastlens.viz.html import explanation_html
+
+        return explanation_html(self, norm="max_abs", full_page=False)
+
+    def to_latex(self, path: str | Path | None = None, *, norm: str = "max_abs") -> str:
+        from contrastlens.viz.latex import explanation_latex
+
+        tex = explanation_latex(self, norm=norm)
+        if path is not None:
+            Path(path).write_text(tex, encoding="utf-8")
+        return tex
+
+    def to_png(self, path: str | Path, *, norm: str = "max_abs") -> Path:
+        from contrastlens.viz.png import explanation_png
+
+        return explanation_png(self, path, norm=norm)
+
+    def print(self, *, norm: str = "max_abs", top: int = 5, console=None) -> None:
+        from contrastlens.viz.terminal import print_explanation
+
+        print_explanation(self, norm=norm, top=top, console=console)
+
+    def __repr__(self) -> str:
+        return (
+            f"Explanation({self.source!r}, target={self.target_str!r}, contrast={self.contrast_str!r}, "
+            f"objective={self.objective}, logit_diff={self.logit_diff:.4f}, n={self.n_tokens}, "
+            f"layers={self.num_layers})"
+        )
