@@ -233,7 +233,7 @@ def test_bad_items_are_skipped_with_reasons(lm, tmp_path):
     assert sum(summ.skipped.values()) == 3 and "chat template" in summ.skipped
     summ = collect(lm, bench, items, str(tmp_path / "b.jsonl"),
                    CollectConfig(max_new_tokens=4, k=2, max_probes=2, progress=False))
-    assert summ.skipped == {"text": 1, "item 1: code hangs": 1}
+    assert summ.skipped == {"missing field": 1, "item 1: code hangs": 1}
     assert summ.failed == 1 and summ.localised == 0
     (case,) = load_cases(tmp_path / "b.jsonl")
     assert case.status == "unlocalised" and not case.clean

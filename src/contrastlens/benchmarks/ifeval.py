@@ -138,7 +138,8 @@ class IFEval(Benchmark):
             except ItemError as e:
                 bad.append((iid, str(e)))
                 continue
-            items.append(Item(iid, row))
+            # a derived field, for `--filter n_instructions=1`
+            items.append(Item(iid, {**row, "n_instructions": len(row["instruction_id_list"])}))
         if not items and bad:
             raise InputError(f"{f}: no IFEval items (first problem: {bad[0][1]}); is this the right benchmark?")
         return items, bad

@@ -89,6 +89,8 @@ def render_prompt(lm: LoadedModel, messages: list[dict[str, Any]], chat: bool) -
 
 
 def _reason(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"missing field {e.args[0]!s}" if e.args else "missing field"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
