@@ -96,7 +96,7 @@ class HumanEvalPlus(Benchmark):
     hub_id = "evalplus/humanevalplus"
     default_max_new_tokens = 384
 
-    def __init__(self, timeout: float = 20.0, memory_mb: int = 2048, max_plus: int | None = None):
+    def __init__(self, timeout: float = 10.0, memory_mb: int = 2048, max_plus: int | None = None):
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.max_plus = max_plus
