@@ -54,3 +54,38 @@ def test_filter_matches_scalars_and_lists():
 
     assert _matches(1, {"1", "2"}) and not _matches(3, {"1", "2"})
     assert _matches(["a:x", "b:y"], {"b:y"}) and not _matches(["a:x"], {"b:y"})
+
+
+def test_http_judge_speaks_openai_chat_completions():
+    import http.server
+    import threading
+
+    from contrastlens.collect.localise import JUDGE_SYSTEM, http_judge, parse_judge
+
+    seen = {}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen["path"] = self.path
+            seen["auth"] = self.headers.get("Authorization")
+            seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            out = json.dumps({"choices": [{"message": {"content": '{"error_token": "a", "token_index": 7}'}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(out.encode())
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        ask = http_judge(f"http://127.0.0.1:{srv.server_port}/v1", "judge-model", api_key="k")
+        assert parse_judge(ask('{"completion": "x"}')) == 7
+    finally:
+        srv.shutdown()
+    assert seen["path"] == "/v1/chat/completions" and seen["auth"] == "Bearer k"
+    assert seen["body"]["model"] == "judge-model" and seen["body"]["messages"][0]["content"] == JUDGE_SYSTEM
+    assert parse_judge("no json") is None and parse_judge('{"token_index": "x"}') is None
