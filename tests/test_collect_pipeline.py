@@ -248,3 +248,13 @@ def test_empty_completion_is_skipped(lm, tmp_path, monkeypatch):
     bench = PrefixBench()
     summ = collect(lm, bench, bench.load()[0][:2], str(tmp_path / "e.jsonl"), CollectConfig(progress=False))
     assert summ.skipped == {"empty completion": 2}
+
+
+def test_first_token_is_probed_even_when_the_budget_is_spent(lm, tmp_path):
+    ids, comp, bad = _bad_prefix(lm, 6, 0)
+    bench = PrefixBench(bad_prefix={"6": bad})
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, max_probes=2, progress=False)
+    collect(lm, bench, bench.load()[0][6:7], str(tmp_path / "c.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "c.jsonl")
+    assert case.failure_index == 0 and case.n_positions == 3
+    assert any("boundary lies in tokens [0, " in n for n in case.notes)

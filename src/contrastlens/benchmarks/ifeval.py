@@ -195,6 +195,8 @@ class IFEval(Benchmark):
                 pos = 0 if not text.lstrip().startswith('"') else None
             elif iid == "detectable_format:title":
                 pos = 0 if "<<" not in text else None
+            elif iid == "detectable_format:json_format":
+                pos = 0 if not text.lstrip().startswith(("{", "```", "[")) else None
             elif iid == "combination:repeat_prompt":
                 pos = 0
             if pos is not None:

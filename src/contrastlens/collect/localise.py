@@ -184,6 +184,10 @@ class Localiser:
                 lo = mid
             else:
                 hi = mid
+        if lo < 0 and hi >= 1 and (0, source) not in self.probes:
+            # every probe failed: the first token is the last candidate (one probe past the budget)
+            if g(0):
+                lo = 0
         if lo >= 0 and hi - lo > 1:
             self.search_notes.append(f"probe budget spent: the boundary lies in tokens [{lo}, {hi})")
         return lo if lo >= 0 else None
