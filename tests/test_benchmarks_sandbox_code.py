@@ -71,7 +71,7 @@ def test_code_extraction():
     code, off = extract_code("Here:\n```python\ndef add(a, b):\n    return a+b\n```\nDone")
     assert code == "def add(a, b):\n    return a+b\n" and off == len("Here:\n```python\n")
     prog, head, off = build_program(TASK["prompt"], "add", "```python\ndef add(a, b):\n    return a+b\n```")
-    assert prog.startswith("import math\ndef add") and head == 1
+    assert prog.startswith(TASK["prompt"] + "    pass\n\ndef add(a, b):") and head == TASK["prompt"].count("\n") + 2
     prog, head, _ = build_program(TASK["prompt"], "add", "    return a + b\n")
     assert prog == TASK["prompt"] + "    return a + b\n"
 
@@ -109,6 +109,10 @@ def test_humaneval_real_canonical_solutions_pass():
     for it in items[:3]:
         assert b.score(it, "```python\n" + it.data["prompt"] + it.data["canonical_solution"] + "```").passed
         assert not b.score(it, "```python\n" + it.data["prompt"] + "    return None\n```").passed
+    # a completion that redefines only the entry point still sees the prompt's helper functions
+    it = next(i for i in items if i.id == "HumanEval_10")
+    only = "```python\ndef make_palindrome(string: str) -> str:\n" + it.data["canonical_solution"] + "```"
+    assert "def is_palindrome" in it.data["prompt"] and b.score(it, only).passed
 
 
 def test_agent_synthetic_trace_and_checker(tmp_path):

@@ -76,17 +76,15 @@ def extract_code(completion: str) -> tuple[str, int]:
     return completion, 0
 
 
-def _imports(prompt: str) -> str:
-    return "\n".join(ln for ln in prompt.splitlines() if re.match(r"\s*(import|from)\s+\w", ln))
-
-
 def build_program(prompt: str, entry_point: str, completion: str) -> tuple[str, int, int]:
     """Candidate program, its number of header lines before the completion's code, and the code's offset
     in the completion."""
     code, off = extract_code(completion)
     if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-        head = _imports(prompt)
-        return head + "\n" + code, head.count("\n") + 1, off
+        # the prompt with a stub body first, so its imports and helper functions exist; the completion's
+        # definition then replaces the stub
+        head = prompt.rstrip("\n") + "\n    pass\n\n"
+        return head + code, head.count("\n"), off
     return prompt + code, prompt.count("\n"), off
 
 
