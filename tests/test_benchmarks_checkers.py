@@ -94,6 +94,8 @@ def test_math_extraction_and_score():
     s = b.score(it, "We get \\boxed{0.25}.")
     assert not s.passed and s.details["extracted"] == "0.25" and s.broke_at == len("We get ")
     assert not b.score(it, "I do not know").passed
+    plain = b.score(it, "so the half is 0.25 and then")  # unboxed: no place to point at
+    assert not plain.passed and plain.details["extracted"] == "0.25" and plain.broke_at is None
 
 
 def test_math_real_file(data_dir):

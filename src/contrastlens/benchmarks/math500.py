@@ -111,8 +111,10 @@ class Math500(Benchmark):
             return Score(False, {"gold": gold, "extracted": None, "reason": "no final answer"}, None)
         pred, at = ex
         ok = equivalent(gold, pred)
-        return Score(ok, {"gold": gold, "extracted": pred, "boxed": last_boxed(completion) is not None},
-                     None if ok else at)
+        boxed = last_boxed(completion) is not None
+        # a boxed answer is a committed final answer: its first token is where the checker sees the break;
+        # a number picked from unfinished text says nothing about where the solution went wrong
+        return Score(ok, {"gold": gold, "extracted": pred, "boxed": boxed}, None if ok or not boxed else at)
 
     def segments(self, item, prompt):
         q = locate(prompt, item.data["problem"])
