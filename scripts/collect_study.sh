@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Reproduce the failure-case study runs with the embedded SmolLM2-135M-Instruct (CPU), then a small
-# Qwen2.5-Coder-0.5B-Instruct run. Runs are resumable: re-running the script continues where it stopped,
-# and each round raises --limit so earlier items are not redone.
+# The failure-case study runs with the embedded SmolLM2-135M-Instruct on CPU, then a small run with
+# Qwen2.5-Coder-0.5B-Instruct (GGUF path in QWEN_GGUF). Every run is resumable: run the script again and
+# it continues where it stopped; raising a --limit only processes the new items.
 #   DATA=path/to/data QWEN_GGUF=path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf scripts/collect_study.sh
+#   python scripts/study_table.py out/study/*.jsonl        # the per-benchmark table
 set -u
 DATA=${DATA:-${CONTRASTLENS_DATA:-../shared/data}}
 OUT=${OUT:-out/study}
-MODEL=${MODEL:-smollm2-135m-instruct}
-ROUNDS=${ROUNDS:-"1 2 3 4 5 6"}
+THREADS=${THREADS:-1}   # one torch thread is much faster than two on a busy 2-core machine
 mkdir -p "$OUT"
-run() {  # benchmark limit max_new_tokens [extra args]
-  local b=$1 n=$2 t=$3; shift 3
-  python -m contrastlens collect -b "$b" -m "$MODEL" --data "$DATA" --limit "$n" --max-new-tokens "$t" \
-    --top-k 4 --max-probes 7 --batch-size 8 --threads "${THREADS:-1}" --no-progress --out "$OUT/$b-$(basename "$MODEL" .gguf).jsonl" "$@"
+collect() {  # model benchmark out-name [args...]
+  local m=$1 b=$2 name=$3; shift 3
+  python -m contrastlens collect -b "$b" -m "$m" --data "$DATA" --top-k 4 --batch-size 8 \
+    --threads "$THREADS" --no-progress --out "$OUT/$b-$name.jsonl" "$@"
 }
-for r in $ROUNDS; do
-  # IFEval: single-instruction items (a failure a single token can plausibly turn around)
-  run ifeval $((16 * r)) 128 --filter n_instructions=1
-  run math500 $((8 * r)) 192 --filter level=1
-  run humaneval $((8 * r)) 256
-done
+S=smollm2-135m-instruct
+# IFEval: single-instruction items (a failure one token can plausibly turn around), 128 new tokens
+collect $S ifeval $S --limit "${IFEVAL_LIMIT:-48}" --max-new-tokens 128 --max-probes 7 --filter n_instructions=1
+# MATH-500: level-1 problems, 192 new tokens
+collect $S math500 $S --limit "${MATH_LIMIT:-8}" --max-new-tokens 192 --max-probes 7 --filter level=1
+# HumanEval+: 256 new tokens
+collect $S humaneval $S --limit "${HUMANEVAL_LIMIT:-8}" --max-new-tokens 256 --max-probes 6
+# GAIA2-style: the shipped synthetic trace (recorded last turn, 8.1k-token prompt)
+collect $S agent $S --max-new-tokens 48 --max-probes 3 --data "$(python -c 'from contrastlens.benchmarks.agent import synthetic_trace_path as p; print(p())')"
 if [ -n "${QWEN_GGUF:-}" ]; then
-  MODEL=$QWEN_GGUF run humaneval "${QWEN_LIMIT:-12}" 256
+  collect "$QWEN_GGUF" humaneval qwen2.5-coder-0.5b --limit "${QWEN_LIMIT:-6}" --max-new-tokens 192 --max-probes 5
 fi
