@@ -133,11 +133,13 @@ class CaseStore:
             os.fsync(f.fileno())
 
     def write_case(self, case: FailureCase) -> None:
+        """Append a case (once per item), then its progress line."""
         if case.item_id in self.case_items:
             return
         self._append(self.path, case.model_dump(mode="json"))
         self.case_items.add(case.item_id)
-        self.mark(case.item_id, "case", case_id=case.id, clean=case.clean, localised=case.status == "localised")
+        self.mark(case.item_id, "case", case_id=case.id, clean=case.clean, localised=case.status == "localised",
+                  method=case.method, n_rollouts=case.n_rollouts)
 
     def mark(self, item_id: str, status: str, **extra: Any) -> None:
         rec = {"item_id": str(item_id), "status": status, **extra}

@@ -258,8 +258,5 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
         summ.rollouts.append(res.n_rollouts)
         summ.clean += int(case.clean)
     case = FailureCase.model_validate(case.model_dump())
-    store._append(store.path, case.model_dump(mode="json"))
-    store.case_items.add(case.item_id)
-    store.mark(it.id, "case", case_id=case.id, clean=case.clean, localised=case.status == "localised",
-               method=case.method, n_rollouts=case.n_rollouts)
+    store.write_case(case)
     log(f"case {case.summary()}")
