@@ -239,7 +239,8 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
         model_revision=lm.revision, messages=msgs, prompt=prompt, prompt_ids=ids, chat=cfg.chat,
         completion=text, completion_ids=comp_ids, stopped=stopped, passed=False, details=score.details,
         n_rollouts=res.n_rollouts, n_positions=res.n_positions, rollouts=res.rollouts,
-        notes=res.notes + ([f"checker: broke at completion token {broke_tok}"] if broke_tok is not None else []),
+        notes=res.notes + ([f"checker: broke at completion token {broke_tok}"] if broke_tok is not None else [])
+        + ([] if stopped else ["the completion hit max_new_tokens: a rollout may pass only by being shorter"]),
         segments=bench.segments(it, prompt),
     )
     if res.failure_index is not None and res.contrast_id is not None:
