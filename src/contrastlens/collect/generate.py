@@ -145,19 +145,29 @@ class PrefixCache:
     """The KV cache of one full sequence (prompt + completion), computed once and cropped to any prefix,
     so each rollout batch only runs its k new tokens through the prefix."""
 
-    def __init__(self, lm: LoadedModel, ids: list[int]):
+    def __init__(self, lm: LoadedModel, ids: list[int], keep: int | None = None):
+        """``keep``: compute logits only for the last ``keep`` positions (long prompts); ``logits[i]`` is
+        then position ``offset + i``."""
         self.lm = lm
         self.ids = list(ids)
         self.cache = None
         self.logits: torch.Tensor | None = None
+        keep = min(keep, len(ids)) if keep else len(ids)
+        self.offset = len(ids) - keep
         with torch.no_grad():
             x = torch.tensor([ids], dtype=torch.long, device=lm.device)
+            kw = {"logits_to_keep": keep} if keep < len(ids) else {}
             try:
-                out = lm.model(input_ids=x, use_cache=True)
+                out = lm.model(input_ids=x, use_cache=True, **kw)
                 self.cache = out.past_key_values
             except Exception:  # pragma: no cover - models without a croppable cache
-                out = lm.model(input_ids=x, use_cache=False)
+                out = lm.model(input_ids=x, use_cache=False, **kw)
             self.logits = out.logits[0].float()
+
+    def at(self, pos: int) -> torch.Tensor:
+        """Next-token logits after sequence position ``pos``."""
+        assert self.logits is not None
+        return self.logits[pos - self.offset]
 
     def prefix(self, length: int, k: int):
         """A fresh cache holding the first ``length`` tokens, repeated for a batch of ``k``."""

@@ -66,7 +66,7 @@ class Localiser:
         self.prompt_ids, self.completion = list(prompt_ids), list(completion_ids)
         self.k, self.max_new_tokens, self.max_probes = k, max_new_tokens, max_probes
         self.sibling, self.sibling_k = sibling, sibling_k
-        self.cache = PrefixCache(lm, self.prompt_ids + self.completion)
+        self.cache = PrefixCache(lm, self.prompt_ids + self.completion, keep=len(self.completion) + 1)
         self.n_rollouts = 0
         self.probes: dict[tuple[int, str], list[Rollout]] = {}
         self.excluded = set(stop_ids(lm)) | lm.special_ids()
@@ -76,8 +76,7 @@ class Localiser:
     # ------------------------------------------------------------------ pieces
     def logits_at(self, p: int) -> torch.Tensor:
         """Next-token logits that chose completion token ``p``."""
-        assert self.cache.logits is not None
-        return self.cache.logits[len(self.prompt_ids) + p - 1]
+        return self.cache.at(len(self.prompt_ids) + p - 1)
 
     def delta_logit(self, p: int, contrast: int) -> float:
         lg = self.logits_at(p)
@@ -90,9 +89,11 @@ class Localiser:
             if self._sib_logits is None:
                 assert self.sibling is not None
                 x = torch.tensor([self.prompt_ids + self.completion], device=self.sibling.device)
+                keep = len(self.completion) + 1
                 with torch.no_grad():
-                    self._sib_logits = self.sibling.model(input_ids=x, use_cache=False).logits[0].float()
-            sl = self._sib_logits[len(self.prompt_ids) + p - 1]
+                    out = self.sibling.model(input_ids=x, use_cache=False, logits_to_keep=keep)
+                self._sib_logits = out.logits[0].float()
+            sl = self._sib_logits[p]  # the last len(completion) + 1 positions start at len(prompt) - 1
             order = torch.argsort(sl, descending=True).tolist()
             take = self.sibling_k
         else:
