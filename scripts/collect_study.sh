@@ -22,7 +22,7 @@ collect $S math500 $S --limit "${MATH_LIMIT:-8}" --max-new-tokens 192 --max-prob
 # HumanEval+: 256 new tokens
 collect $S humaneval $S --limit "${HUMANEVAL_LIMIT:-8}" --max-new-tokens 256 --max-probes 6
 # GAIA2-style: the shipped synthetic trace (recorded last turn, 8.1k-token prompt)
-collect $S agent $S --max-new-tokens 48 --max-probes 3 --data "$(python -c 'from contrastlens.benchmarks.agent import synthetic_trace_path as p; print(p())')"
+collect $S agent $S --max-new-tokens 32 --max-probes 1 --top-k 2 --data "$(python -c 'from contrastlens.benchmarks.agent import synthetic_trace_path as p; print(p())')"
 if [ -n "${QWEN_GGUF:-}" ]; then
   collect "$QWEN_GGUF" humaneval qwen2.5-coder-0.5b --limit "${QWEN_LIMIT:-6}" --max-new-tokens 192 --max-probes 5
 fi
