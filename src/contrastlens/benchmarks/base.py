@@ -1,0 +1,87 @@
+"""What every benchmark provides: items, messages, a real checker and prompt segments."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contrastlens.errors import InputError
+
+
+@dataclass
+class Item:
+    """One benchmark item. ``data`` holds the benchmark's own fields."""
+
+    id: str
+    data: dict[str, Any]
+    # a recorded completion to score and localise instead of generating one (agent traces)
+    recorded_completion: str | None = None
+
+
+@dataclass
+class Score:
+    """A checker's verdict on one completion."""
+
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    # character offset into the completion where the checker saw it break (None: unknown)
+    broke_at: int | None = None
+
+
+class ItemError(InputError):
+    """A problem with one item (bad fields, unrunnable code, ...): the run skips the item."""
+
+
+def default_data_dir() -> Path:
+    """``$CONTRASTLENS_DATA``, else ``../shared/data`` relative to the working directory."""
+    env = os.environ.get("CONTRASTLENS_DATA")
+    return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def require(row: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    missing = [f for f in fields if f not in row]
+    if missing:
+        raise ItemError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+class Benchmark:
+    """Base class. Subclasses set ``name`` and ``default_file`` and implement the methods."""
+
+    name: str = ""
+    default_file: str = ""
+    hub_id: str | None = None
+    default_max_new_tokens: int = 256
+
+    def resolve(self, path: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> Path:
+        if path is not None and Path(path).is_file():
+            return Path(path)
+        base = Path(path) if path is not None else (Path(data_dir) if data_dir else default_data_dir())
+        f = base / self.default_file
+        if not f.exists():
+            hint = f" (or give --data with the folder holding {self.default_file})"
+            raise InputError(f"{self.name}: data file {f} not found{hint}")
+        return f
+
+    def load(self, path: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None
+             ) -> tuple[list[Item], list[tuple[str, str]]]:
+        """Items of the benchmark, and ``(item_id, reason)`` for rows that could not be read."""
+        raise NotImplementedError
+
+    def messages(self, item: Item) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def score(self, item: Item, completion: str) -> Score:
+        raise NotImplementedError
+
+    def segments(self, item: Item, prompt: str) -> dict[str, list[tuple[int, int]]]:
+        """Character spans of ``instruction`` and ``query`` in the rendered ``prompt``."""
+        return {}
+
+
+def locate(haystack: str, needle: str, start: int = 0) -> tuple[int, int] | None:
+    if not needle:
+        return None
+    i = haystack.find(needle, start)
+    return (i, i + len(needle)) if i >= 0 else None

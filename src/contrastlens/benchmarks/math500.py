@@ -1,0 +1,122 @@
+"""MATH-500: final-answer extraction (``\\boxed{}`` and plain) and equivalence by ``math-verify``."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, locate, require
+from contrastlens.errors import InputError
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def last_boxed(text: str) -> tuple[str, int] | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, and its offset."""
+    best = None
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            best = (text[m.end() : i - 1], m.start())
+    if best is None:
+        plain = list(re.finditer(r"\\boxed (\S+)", text))
+        if plain:
+            best = (plain[-1].group(1), plain[-1].start())
+    return best
+
+
+_PLAIN = [
+    r"final answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)",
+    r"answer is[:\s]*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)",
+    r"answer:\s*\$?([^\n$]+?)\$?(?:\.\s|\.?$|\n)",
+]
+
+
+def extract_answer(text: str) -> tuple[str, int] | None:
+    """The final answer of a solution: the last ``\\boxed{}``, else an "answer is X" phrase, else the
+    last number. Returns the answer and its character offset, or None."""
+    b = last_boxed(text)
+    if b is not None:
+        return b
+    for pat in _PLAIN:
+        ms = list(re.finditer(pat, text, re.IGNORECASE | re.MULTILINE))
+        if ms:
+            m = ms[-1]
+            return m.group(1).strip(), m.start(1)
+    ms = list(re.finditer(r"-?\d+(?:\.\d+)?(?:/\d+)?", text))
+    if ms:
+        return ms[-1].group(0), ms[-1].start()
+    return None
+
+
+def equivalent(gold: str, pred: str) -> bool:
+    """Mathematical equivalence of two answers with math-verify (``\\frac{1}{2}`` equals ``0.5``)."""
+    try:
+        from math_verify import parse, verify
+    except ModuleNotFoundError:
+        raise InputError("MATH-500 needs math-verify; pip install 'math-verify[antlr4_13_2]'") from None
+
+    def _p(s: str):
+        s = s.strip()
+        out = parse(f"${s}$") if s and "$" not in s else parse(s)
+        return out or parse(s)
+
+    try:
+        g, p = _p(gold), _p(pred)
+        if not g or not p:
+            return gold.strip() == pred.strip()
+        return bool(verify(g, p))
+    except Exception:
+        return gold.strip() == pred.strip()
+
+
+class Math500(Benchmark):
+    name = "math500"
+    default_file = "math500_test.jsonl"
+    hub_id = "HuggingFaceH4/MATH-500"
+    default_max_new_tokens = 256
+
+    def load(self, path=None, *, data_dir=None):
+        f = self.resolve(path, data_dir)
+        items, bad = [], []
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad.append((f"line{n}", "not valid JSON"))
+                continue
+            iid = str(row.get("unique_id", f"line{n}")).replace("/", "_").removesuffix(".json")
+            try:
+                require(row, ("problem", "answer"), f"math500 item {iid}")
+            except ItemError as e:
+                bad.append((iid, str(e)))
+                continue
+            items.append(Item(iid, row))
+        if not items and bad:
+            raise InputError(f"{f}: no MATH items (first problem: {bad[0][1]}); is this the right benchmark?")
+        return items, bad
+
+    def messages(self, item):
+        return [{"role": "user", "content": f"{item.data['problem']}\n\n{INSTRUCTION}"}]
+
+    def score(self, item, completion):
+        gold = str(item.data["answer"])
+        ex = extract_answer(completion)
+        if ex is None:
+            return Score(False, {"gold": gold, "extracted": None, "reason": "no final answer"}, None)
+        pred, at = ex
+        ok = equivalent(gold, pred)
+        boxed = last_boxed(completion) is not None
+        # a boxed answer is a committed final answer: its first token is where the checker sees the break;
+        # a number picked from unfinished text says nothing about where the solution went wrong
+        return Score(ok, {"gold": gold, "extracted": pred, "boxed": boxed}, None if ok or not boxed else at)
+
+    def segments(self, item, prompt):
+        q = locate(prompt, item.data["problem"])
+        i = locate(prompt, INSTRUCTION, q[1] if q else 0)
+        return {"query": [q] if q else [], "instruction": [i] if i else []}

@@ -1,0 +1,1 @@
+"""The failure-case collection pipeline: generation, rollout localisation, the resumable run."""

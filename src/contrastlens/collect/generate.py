@@ -1,0 +1,223 @@
+"""Batched greedy generation with a KV cache, and batched top-k rollouts that share a prefix cache."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from contrastlens.models.loaded import LoadedModel
+
+
+def stop_ids(lm: LoadedModel) -> list[int]:
+    """Token ids that end a generation: the EOS id(s) of the config / generation config / tokenizer,
+    plus a chat template's end-of-turn token when the tokenizer has one."""
+    ids: set[int] = set()
+    for cfg in (getattr(lm.model, "generation_config", None), lm.model.config):
+        e = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, list | tuple):
+            ids.update(int(x) for x in e)
+    tok = lm.tokenizer
+    if getattr(tok, "eos_token_id", None) is not None:
+        ids.add(int(tok.eos_token_id))
+    vocab = tok.get_vocab()
+    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        if name in vocab:
+            ids.add(int(vocab[name]))
+    return sorted(ids)
+
+
+def pad_id(lm: LoadedModel) -> int:
+    tok = lm.tokenizer
+    for v in (getattr(tok, "pad_token_id", None), getattr(lm.model.config, "pad_token_id", None)):
+        if v is not None:
+            return int(v)
+    return stop_ids(lm)[0] if stop_ids(lm) else 0
+
+
+def _trim(seq: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """Cut a generated sequence at its first stop token (excluded); return (ids, stopped)."""
+    for i, t in enumerate(seq):
+        if t in stops:
+            return seq[:i], True
+    return seq, False
+
+
+@dataclass
+class Progress:
+    """A one-line progress display on stderr: items done and generated tokens per second."""
+
+    total: int
+    label: str = "generate"
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        self.done = 0
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, items: int, tokens: int) -> None:
+        self.done += items
+        self.tokens += tokens
+        if self.enabled:
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            width = 24
+            filled = int(width * self.done / max(self.total, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            print(
+                f"\r{self.label} [{bar}] {self.done}/{self.total} items, {self.tokens} tokens, "
+                f"{self.tokens / dt:.1f} tok/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+
+
+@torch.no_grad()
+def generate_greedy(
+    lm: LoadedModel,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Greedy completions of token-id prompts, batched with left padding (prompts of similar length
+    are batched together). Returns, per prompt, the completion ids (stop token excluded) and whether
+    the model stopped by itself (False: it hit ``max_new_tokens``)."""
+    stops = set(stop_ids(lm))
+    pid = pad_id(lm)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+    dev = lm.device
+    for b in range(0, len(order), max(1, batch_size)):
+        idx = order[b : b + batch_size]
+        seqs = [list(prompts[i]) for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pid, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        gen = lm.model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=sorted(stops) or None,
+            pad_token_id=pid,
+            use_cache=True,
+        )
+        new = gen[:, width:].tolist()
+        n_tok = 0
+        for r, i in enumerate(idx):
+            seq, stopped = _trim(new[r], stops)
+            out[i] = (seq, stopped)
+            n_tok += len(seq) + (1 if stopped else 0)
+        if progress is not None:
+            progress.update(len(idx), n_tok)
+    return [o for o in out if o is not None]
+
+
+@torch.no_grad()
+def position_logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """Next-token logits at every position of ``ids`` (shape [len(ids), vocab]), float32."""
+    x = torch.tensor([ids], dtype=torch.long, device=lm.device)
+    return lm.model(input_ids=x, use_cache=False).logits[0].float()
+
+
+class PrefixCache:
+    """The KV cache of one full sequence (prompt + completion), computed once and cropped to any prefix,
+    so each rollout batch only runs its k new tokens through the prefix."""
+
+    def __init__(self, lm: LoadedModel, ids: list[int], keep: int | None = None):
+        """``keep``: compute logits only for the last ``keep`` positions (long prompts); ``logits[i]`` is
+        then position ``offset + i``."""
+        self.lm = lm
+        self.ids = list(ids)
+        self.cache = None
+        self.logits: torch.Tensor | None = None
+        keep = min(keep, len(ids)) if keep else len(ids)
+        self.offset = len(ids) - keep
+        with torch.no_grad():
+            x = torch.tensor([ids], dtype=torch.long, device=lm.device)
+            kw = {"logits_to_keep": keep} if keep < len(ids) else {}
+            try:
+                out = lm.model(input_ids=x, use_cache=True, **kw)
+                self.cache = out.past_key_values
+            except Exception:  # pragma: no cover - models without a croppable cache
+                out = lm.model(input_ids=x, use_cache=False, **kw)
+            self.logits = out.logits[0].float()
+
+    def at(self, pos: int) -> torch.Tensor:
+        """Next-token logits after sequence position ``pos``."""
+        assert self.logits is not None
+        return self.logits[pos - self.offset]
+
+    def prefix(self, length: int, k: int):
+        """A fresh cache holding the first ``length`` tokens, repeated for a batch of ``k``."""
+        if self.cache is None or not hasattr(self.cache, "crop"):
+            return None
+        try:
+            c = copy.deepcopy(self.cache)
+            c.crop(length)
+            if k > 1:
+                c.batch_repeat_interleave(k)
+            return c
+        except Exception:  # pragma: no cover - cache class without crop/repeat
+            return None
+
+
+@torch.no_grad()
+def rollout_batch(
+    lm: LoadedModel,
+    prefix_ids: list[int],
+    alternatives: Sequence[int],
+    *,
+    max_new_tokens: int,
+    cache: PrefixCache | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Continue ``prefix_ids + [a]`` greedily for each alternative ``a``, as one batch of k sequences
+    sharing the prefix (its KV cache is reused when ``cache`` is given). Returns per alternative the
+    generated ids *after* ``a`` and whether the model stopped by itself."""
+    stops = set(stop_ids(lm))
+    k = len(alternatives)
+    if k == 0:
+        return []
+    pid = pad_id(lm)
+    rows = torch.tensor([list(prefix_ids) + [int(a)] for a in alternatives], dtype=torch.long, device=lm.device)
+    results: list[tuple[list[int], bool]] = []
+    if max_new_tokens <= 0:
+        return [([], False) for _ in alternatives]
+    kv = cache.prefix(len(prefix_ids), k) if cache is not None else None
+    kw = {"past_key_values": kv} if kv is not None else {}
+    gen = lm.model.generate(
+        input_ids=rows,
+        attention_mask=torch.ones_like(rows),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stops) or None,
+        pad_token_id=pid,
+        use_cache=True,
+        **kw,
+    )
+    for r in range(k):
+        seq, stopped = _trim(gen[r, rows.shape[1] :].tolist(), stops)
+        results.append((seq, stopped))
+    return results

@@ -1,0 +1,260 @@
+"""End-to-end tests of generation, rollout localisation and the resumable pipeline on a tiny random model
+with fake checkers whose answers are known."""
+
+import json
+
+import pytest
+import torch
+
+from contrastlens.benchmarks import Benchmark, Item, Score
+from contrastlens.cases.io import load_cases
+from contrastlens.collect.generate import PrefixCache, generate_greedy, rollout_batch
+from contrastlens.collect.pipeline import CollectConfig, collect
+from contrastlens.errors import InputError
+from contrastlens.models.loading import load_model
+
+N_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    return load_model("random:qwen3")
+
+
+PROMPTS = ["Write a list of fruits.", "Count to ten.", "The answer is 42.", "def add(a, b):", "Hello there",
+           "Tell me a story about a dog.", "Why is the sky blue?"]
+
+
+class PrefixBench(Benchmark):
+    """Passes iff the completion does not start with ``bad_prefix[item]`` (the greedy text of the first
+    ``fail_at + 1`` tokens): any alternative before or at ``fail_at`` rescues, later ones cannot, so the
+    failure position is exactly ``fail_at``. With ``want`` set, it passes only if the completion starts
+    with that exact text (one specific rescue)."""
+
+    name = "prefixbench"
+
+    def __init__(self, bad_prefix=None, want=None, broke=None, bad_items=()):
+        self.bad_prefix = bad_prefix or {}
+        self.want = want or {}
+        self.broke = broke or {}
+        self.bad_items = set(bad_items)
+
+    def load(self, path=None, *, data_dir=None):
+        return [Item(str(i), {"text": p}) for i, p in enumerate(PROMPTS)], []
+
+    def messages(self, item):
+        if item.id in self.bad_items:
+            raise KeyError("text")
+        return [{"role": "user", "content": item.data["text"]}]
+
+    def score(self, item, completion):
+        if item.id in self.want:
+            return Score(completion.startswith(self.want[item.id]), {}, self.broke.get(item.id))
+        bad = self.bad_prefix.get(item.id)
+        if bad is None:
+            return Score(True, {})
+        return Score(not completion.startswith(bad), {"prefix": bad}, self.broke.get(item.id))
+
+
+def greedy(lm, i):
+    ids = lm.encode(lm.apply_chat_template(PROMPTS[i]), add_special_tokens=False)
+    comp, _ = generate_greedy(lm, [ids], max_new_tokens=N_NEW, batch_size=1)[0]
+    return ids, comp
+
+
+def test_batched_left_padded_generation_equals_one_by_one(lm):
+    prompts = [lm.encode(lm.apply_chat_template(p), add_special_tokens=False) for p in PROMPTS[:4]]
+    assert len({len(p) for p in prompts}) > 1  # really padded
+    batched = generate_greedy(lm, prompts, max_new_tokens=N_NEW, batch_size=4)
+    single = [generate_greedy(lm, [p], max_new_tokens=N_NEW, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert all(len(c) == N_NEW or s for c, s in batched)
+
+
+def test_rollouts_with_shared_prefix_cache_equal_plain_generation(lm):
+    ids, comp = greedy(lm, 0)
+    full = ids + comp
+    pc = PrefixCache(lm, full)
+    p = len(ids) + 3
+    alts = torch.topk(pc.logits[p - 1], 3).indices.tolist()
+    cached = rollout_batch(lm, full[:p], alts, max_new_tokens=6, cache=pc)
+    plain = rollout_batch(lm, full[:p], alts, max_new_tokens=6, cache=None)
+    assert cached == plain
+    # the rollout of the greedy token reproduces the greedy completion
+    again = rollout_batch(lm, full[:p], [full[p]], max_new_tokens=N_NEW - 4, cache=pc)[0][0]
+    assert again == comp[4:][: len(again)]
+
+
+def _bad_prefix(lm, i, fail_at):
+    ids, comp = greedy(lm, i)
+    return ids, comp, lm.tokenizer.decode(comp[: fail_at + 1], skip_special_tokens=True)
+
+
+def _top_alternative(lm, ids, comp, p):
+    lg = PrefixCache(lm, ids + comp).logits[len(ids) + p - 1]
+    order = torch.argsort(lg, descending=True).tolist()
+    return [t for t in order if t != comp[p] and t not in lm.special_ids()][:4], lg
+
+
+def test_binary_search_finds_the_exact_failure_token(lm, tmp_path):
+    ids, comp, bad = _bad_prefix(lm, 0, 5)
+    bench = PrefixBench(bad_prefix={"0": bad})
+    cfg = CollectConfig(max_new_tokens=N_NEW, batch_size=2, k=3, progress=False)
+    summ = collect(lm, bench, bench.load()[0][:1], str(tmp_path / "c.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "c.jsonl")
+    assert case.status == "localised" and case.method == "rollout"
+    assert case.failure_index == 5 and case.target_id == comp[5]
+    alts, lg = _top_alternative(lm, ids, comp, 5)
+    assert case.contrast_id == alts[0]  # best-ranked passing alternative
+    assert case.delta_logit == pytest.approx(float(lg[comp[5]] - lg[alts[0]]), abs=1e-4)
+    assert case.clean == (case.delta_logit > 1)
+    assert case.completion_before_err == lm.tokenizer.decode(comp[:5], skip_special_tokens=True)
+    assert case.ids_before_err == ids + comp[:5]
+    assert case.n_positions <= 5 < len(comp)  # far fewer probes than tokens
+    assert case.n_rollouts == 3 * case.n_positions
+    r0 = case.rollouts[0]
+    assert r0.token_id == comp[5] and r0.passed is False
+    assert case.rollouts[1].passed is True and case.rollouts[1].token_id == alts[0]
+    assert summ.failed == 1 and summ.localised == 1 and summ.rollouts == [case.n_rollouts]
+    assert case.segments["answer"] == [(len(case.prompt), len(case.prompt) + len(case.completion_before_err))]
+
+
+def test_checker_guided_probe_costs_one_batch(lm, tmp_path):
+    ids, comp, bad = _bad_prefix(lm, 1, 4)
+    broke = len(lm.tokenizer.decode(comp[:4], skip_special_tokens=True))
+    bench = PrefixBench(bad_prefix={"1": bad}, broke={"1": broke})
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, progress=False)
+    collect(lm, bench, bench.load()[0][1:2], str(tmp_path / "c.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "c.jsonl")
+    assert case.failure_index == 4 and case.n_positions == 1 and case.n_rollouts == 3
+
+
+def test_sibling_fallback(lm, tmp_path):
+    ids, comp = greedy(lm, 2)
+    sib = load_model("random:qwen3", seed=1)
+    mine, _ = _top_alternative(lm, ids, comp, 3)
+    slg = PrefixCache(sib, ids + comp).logits[len(ids) + 2]
+    x = next(t for t in torch.argsort(slg, descending=True).tolist()
+             if t not in (comp[3], mine[0]) and t not in lm.special_ids())
+    want = lm.tokenizer.decode(comp[:3] + [x], skip_special_tokens=True)
+    broke = len(lm.tokenizer.decode(comp[:3], skip_special_tokens=True))
+    bench = PrefixBench(want={"2": want}, broke={"2": broke})
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=1, max_probes=4, sibling=sib, progress=False)
+    collect(lm, bench, bench.load()[0][2:3], str(tmp_path / "c.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "c.jsonl")
+    assert case.method == "sibling" and case.failure_index == 3 and case.contrast_id == x
+    assert any(r.source == "sibling" and r.passed for r in case.rollouts)
+
+
+def test_judge_and_manual_fallbacks(lm, tmp_path):
+    bench = PrefixBench(want={"3": "never produced \u2603"})
+    asked = []
+
+    def judge(payload):
+        asked.append(json.loads(payload))
+        return 'Sure: {"error_token": "x", "token_index": 2, "explanation": "wrong"}'
+
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, max_probes=3, judge=judge, progress=False)
+    collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "j.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "j.jsonl")
+    assert case.method == "judge" and case.failure_index == 2
+    assert "[0]" in asked[0]["indexed_completion"] and asked[0]["completion"] == case.completion
+    assert any("no alternative passed" in n for n in case.notes)
+
+    ids, comp = greedy(lm, 3)
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, failure_index=1, contrast=comp[1] + 1, progress=False)
+    collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "m.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "m.jsonl")
+    assert case.method == "manual" and case.failure_index == 1 and case.contrast_id == comp[1] + 1
+    cfg = CollectConfig(max_new_tokens=N_NEW, failure_index=1, contrast=comp[1], progress=False)
+    summ = collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "m2.jsonl"), cfg)
+    assert summ.skipped and "contrast equals" in next(iter(summ.skipped))
+
+
+def _full_bench(lm):
+    bad = {}
+    for i in range(len(PROMPTS)):
+        _, comp = greedy(lm, i)
+        bad[str(i)] = lm.tokenizer.decode(comp[:3], skip_special_tokens=True)
+    bad.pop("4")  # item 4 passes
+    return PrefixBench(bad_prefix=bad, bad_items={"5"})
+
+
+def test_resume_after_interruption_loses_and_duplicates_nothing(lm, tmp_path):
+    bench = _full_bench(lm)
+    items = bench.load()[0]
+    ref_file = tmp_path / "ref.jsonl"
+    ref = collect(lm, bench, items, str(ref_file), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3,
+                                                                 progress=False))
+    f = tmp_path / "c.jsonl"
+
+    class Stop(Exception):
+        pass
+
+    def boom(n):
+        if n == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3, progress=False,
+                                                        on_item=boom))
+    partial = load_cases(f)
+    assert 0 < len(partial) < len(load_cases(ref_file))
+    # simulate a kill in the middle of writing a line
+    with open(f, "a") as fh:
+        fh.write('{"schema_version": 1, "id": "torn')
+    summ = collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3, progress=False))
+    got = load_cases(f)
+    want = load_cases(ref_file)
+    assert [c.item_id for c in got] == [c.item_id for c in want]
+    assert len({c.id for c in got}) == len(got)
+    assert [(c.failure_index, c.contrast_id) for c in got] == [(c.failure_index, c.contrast_id) for c in want]
+    assert summ.resumed == 5  # 4 finished + the item skipped while preparing the batch
+    assert (summ.passed, summ.failed, summ.localised) == (ref.passed, ref.failed, ref.localised) == (1, 5, 5)
+    assert summ.skipped == ref.skipped and sum(summ.skipped.values()) == 1
+    # a third run does nothing
+    again = collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, progress=False))
+    assert again.resumed == len(items) and again.generated == 0 and len(load_cases(f)) == len(got)
+
+
+def test_bad_items_are_skipped_with_reasons(lm, tmp_path):
+    class Picky(PrefixBench):
+        def score(self, item, completion):
+            if item.id == "1":
+                raise InputError("item 1: code hangs")
+            return Score(False, {})
+
+    bench = Picky(bad_items={"0"})
+    items = bench.load()[0][:3]
+    no_template = load_model("random:qwen3")
+    no_template.tokenizer.chat_template = None
+    summ = collect(no_template, bench, items, str(tmp_path / "a.jsonl"), CollectConfig(max_new_tokens=4, progress=False))
+    assert sum(summ.skipped.values()) == 3 and "chat template" in summ.skipped
+    summ = collect(lm, bench, items, str(tmp_path / "b.jsonl"),
+                   CollectConfig(max_new_tokens=4, k=2, max_probes=2, progress=False))
+    assert summ.skipped == {"missing field": 1, "item 1: code hangs": 1}
+    assert summ.failed == 1 and summ.localised == 0
+    (case,) = load_cases(tmp_path / "b.jsonl")
+    assert case.status == "unlocalised" and not case.clean
+    table = summ.table()
+    assert "skipped: item 1: code hangs" in table and "failed" in table
+
+
+def test_empty_completion_is_skipped(lm, tmp_path, monkeypatch):
+    import contrastlens.collect.pipeline as pl
+
+    monkeypatch.setattr(pl, "generate_greedy", lambda lm, prompts, **kw: [([], True) for _ in prompts])
+    bench = PrefixBench()
+    summ = collect(lm, bench, bench.load()[0][:2], str(tmp_path / "e.jsonl"), CollectConfig(progress=False))
+    assert summ.skipped == {"empty completion": 2}
+
+
+def test_first_token_is_probed_even_when_the_budget_is_spent(lm, tmp_path):
+    ids, comp, bad = _bad_prefix(lm, 6, 0)
+    bench = PrefixBench(bad_prefix={"6": bad})
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, max_probes=2, progress=False)
+    collect(lm, bench, bench.load()[0][6:7], str(tmp_path / "c.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "c.jsonl")
+    assert case.failure_index == 0 and case.n_positions == 3
+    assert any("boundary lies in tokens [0, " in n for n in case.notes)

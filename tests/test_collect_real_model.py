@@ -1,0 +1,36 @@
+"""One real-model check of the collection pipeline (slow: loads SmolLM2-135M-Instruct)."""
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_agent_trace_is_localised_at_the_wrong_argument(tmp_path):
+    import torch
+
+    from contrastlens.benchmarks import get_benchmark
+    from contrastlens.cases.io import load_cases
+    from contrastlens.collect.localise import char_to_token
+    from contrastlens.collect.pipeline import CollectConfig, collect
+    from contrastlens.models.loading import load_model
+
+    try:
+        lm = load_model("smollm2-135m-instruct")
+    except Exception as e:  # pragma: no cover - model package not installed
+        pytest.skip(f"SmolLM2 not available: {e}")
+    torch.manual_seed(0)
+    bench = get_benchmark("agent")
+    items, _ = bench.load()
+    summ = collect(lm, bench, items, str(tmp_path / "agent.jsonl"),
+                   CollectConfig(max_new_tokens=32, k=2, max_probes=1, progress=False))
+    (case,) = load_cases(tmp_path / "agent.jsonl")
+    assert summ.failed == 1 and case.details["reason"] == "wrong argument event_id"
+    assert len(case.prompt_ids) > 8000
+    # the checker points at the event id: the first probe is the token that starts it
+    score = bench.score(items[0], case.completion)
+    start = char_to_token(lm, case.completion_ids, score.broke_at)
+    assert f"checker: broke at completion token {start}" in case.notes
+    assert case.n_rollouts >= 2
+    if case.status == "localised":
+        assert case.failure_index <= start + 3
+        assert case.ids_before_err[-1] == case.completion_ids[case.failure_index - 1]
