@@ -46,6 +46,38 @@ def require(row: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
         raise ItemError(f"{where}: missing field(s) {', '.join(missing)}")
 
 
+def load_jsonl_items(path: Path, *, label: str, id_field: str, fields: tuple[str, ...],
+                     make_item=None) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Items of a JSON-lines file (plain or .gz): one per line with the required ``fields``.
+
+    Bad lines are returned as ``(id, reason)`` and skipped; ``make_item(iid, row)`` may build the item
+    or raise :class:`ItemError`. A file with no valid item at all is an :class:`InputError`."""
+    import gzip
+    import json
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    items: list[Item] = []
+    bad: list[tuple[str, str]] = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad.append((f"line{n}", "not valid JSON"))
+                continue
+            iid = str(row.get(id_field, f"line{n}")).replace("/", "_").removesuffix(".json")
+            try:
+                require(row, fields, f"{label} item {iid}")
+                items.append(make_item(iid, row) if make_item else Item(iid, row))
+            except ItemError as e:
+                bad.append((iid, str(e)))
+    if not items and bad:
+        raise InputError(f"{path}: no {label} items (first problem: {bad[0][1]}); is this the right benchmark?")
+    return items, bad
+
+
 class Benchmark:
     """Base class. Subclasses set ``name`` and ``default_file`` and implement the methods."""
 

@@ -6,13 +6,11 @@ compared exactly, floats with the task's ``atol`` (as EvalPlus does).
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 
-from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, locate, require
+from contrastlens.benchmarks.base import Benchmark, Score, load_jsonl_items, locate
 from contrastlens.benchmarks.sandbox import run_python
-from contrastlens.errors import InputError
 
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function in one "
                "```python code block.")
@@ -100,29 +98,8 @@ class HumanEvalPlus(Benchmark):
         self.max_plus = max_plus
 
     def load(self, path=None, *, data_dir=None):
-        f = self.resolve(path, data_dir)
-        opener = gzip.open if str(f).endswith(".gz") else open
-        items, bad = [], []
-        with opener(f, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    bad.append((f"line{n}", "not valid JSON"))
-                    continue
-                iid = str(row.get("task_id", f"line{n}")).replace("/", "_")
-                try:
-                    require(row, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input"),
-                            f"humaneval item {iid}")
-                except ItemError as e:
-                    bad.append((iid, str(e)))
-                    continue
-                items.append(Item(iid, row))
-        if not items and bad:
-            raise InputError(f"{f}: no HumanEval items (first problem: {bad[0][1]}); is this the right benchmark?")
-        return items, bad
+        return load_jsonl_items(self.resolve(path, data_dir), label="HumanEval", id_field="task_id",
+                                fields=("task_id", "prompt", "entry_point", "canonical_solution", "base_input"))
 
     def messages(self, item):
         return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{item.data['prompt']}```"}]

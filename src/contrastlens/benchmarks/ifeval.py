@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import re
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
-from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, require
+from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, load_jsonl_items
 from contrastlens.errors import InputError
 
 _CHECKERS: Any = None
@@ -120,29 +119,14 @@ class IFEval(Benchmark):
     default_max_new_tokens = 256
 
     def load(self, path=None, *, data_dir=None):
-        f = self.resolve(path, data_dir)
-        items, bad = [], []
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad.append((f"line{n}", "not valid JSON"))
-                continue
-            iid = str(row.get("key", f"line{n}"))
-            try:
-                require(row, ("key", "prompt", "instruction_id_list", "kwargs"), f"ifeval item {iid}")
-                if len(row["kwargs"]) != len(row["instruction_id_list"]):
-                    raise ItemError(f"ifeval item {iid}: kwargs and instruction_id_list differ in length")
-            except ItemError as e:
-                bad.append((iid, str(e)))
-                continue
+        def make(iid, row):
+            if len(row["kwargs"]) != len(row["instruction_id_list"]):
+                raise ItemError(f"ifeval item {iid}: kwargs and instruction_id_list differ in length")
             # a derived field, for `--filter n_instructions=1`
-            items.append(Item(iid, {**row, "n_instructions": len(row["instruction_id_list"])}))
-        if not items and bad:
-            raise InputError(f"{f}: no IFEval items (first problem: {bad[0][1]}); is this the right benchmark?")
-        return items, bad
+            return Item(iid, {**row, "n_instructions": len(row["instruction_id_list"])})
+
+        return load_jsonl_items(self.resolve(path, data_dir), label="IFEval", id_field="key",
+                                fields=("key", "prompt", "instruction_id_list", "kwargs"), make_item=make)
 
     def messages(self, item):
         return [{"role": "user", "content": item.data["prompt"]}]

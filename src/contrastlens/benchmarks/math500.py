@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 
-from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, locate, require
+from contrastlens.benchmarks.base import Benchmark, Score, load_jsonl_items, locate
 from contrastlens.errors import InputError
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -80,26 +79,8 @@ class Math500(Benchmark):
     default_max_new_tokens = 256
 
     def load(self, path=None, *, data_dir=None):
-        f = self.resolve(path, data_dir)
-        items, bad = [], []
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad.append((f"line{n}", "not valid JSON"))
-                continue
-            iid = str(row.get("unique_id", f"line{n}")).replace("/", "_").removesuffix(".json")
-            try:
-                require(row, ("problem", "answer"), f"math500 item {iid}")
-            except ItemError as e:
-                bad.append((iid, str(e)))
-                continue
-            items.append(Item(iid, row))
-        if not items and bad:
-            raise InputError(f"{f}: no MATH items (first problem: {bad[0][1]}); is this the right benchmark?")
-        return items, bad
+        return load_jsonl_items(self.resolve(path, data_dir), label="MATH", id_field="unique_id",
+                                fields=("problem", "answer"))
 
     def messages(self, item):
         return [{"role": "user", "content": f"{item.data['problem']}\n\n{INSTRUCTION}"}]
