@@ -33,6 +33,21 @@ def stop_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def _greedy(lm, input_ids, attention_mask, max_new_tokens: int, stops, pad: int, **kw):
+    """Greedy decoding with the KV cache, stopping at any of ``stops``."""
+    return lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stops) or None,
+        pad_token_id=pad,
+        use_cache=True,
+        **kw,
+    )
+
+
 def pad_id(lm: LoadedModel) -> int:
     tok = lm.tokenizer
     for v in (getattr(tok, "pad_token_id", None), getattr(lm.model.config, "pad_token_id", None)):
@@ -113,16 +128,7 @@ def generate_greedy(
         for r, s in enumerate(seqs):
             ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[r, width - len(s) :] = 1
-        gen = lm.model.generate(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=sorted(stops) or None,
-            pad_token_id=pid,
-            use_cache=True,
-        )
+        gen = _greedy(lm, ids.to(dev), mask.to(dev), max_new_tokens, stops, pid)
         new = gen[:, width:].tolist()
         n_tok = 0
         for r, i in enumerate(idx):
@@ -206,17 +212,7 @@ def rollout_batch(
         return [([], False) for _ in alternatives]
     kv = cache.prefix(len(prefix_ids), k) if cache is not None else None
     kw = {"past_key_values": kv} if kv is not None else {}
-    gen = lm.model.generate(
-        input_ids=rows,
-        attention_mask=torch.ones_like(rows),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=sorted(stops) or None,
-        pad_token_id=pid,
-        use_cache=True,
-        **kw,
-    )
+    gen = _greedy(lm, rows, torch.ones_like(rows), max_new_tokens, stops, pid, **kw)
     for r in range(k):
         seq, stopped = _trim(gen[r, rows.shape[1] :].tolist(), stops)
         results.append((seq, stopped))
