@@ -164,3 +164,15 @@ def test_node_threshold_rows(random_lm):
         rows = set(g.edges[(s, t)].rows.tolist())
         assert all(abs(g.relevance[t][j]) > tau for j in rows)
         np.testing.assert_allclose(g.matrix(s, t), gr.matrix(s, t), atol=1e-5 * max(np.abs(gr.matrix(s, t)).max(), 1e-9))
+
+
+def test_kernel_capture_leaves_no_trace_in_transformers():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    import contrastlens as cl
+
+    before = set(AttentionInterface._global_mapping)
+    lm = cl.load_model("random:qwen3")
+    cl.attribution_graph(lm, "The capital of France is Paris", target=11, contrast=17)
+    assert set(AttentionInterface._global_mapping) == before
+    assert "contrastlens_capture" not in ALL_ATTENTION_FUNCTIONS

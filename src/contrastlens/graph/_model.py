@@ -178,11 +178,21 @@ def _capture_interface(module, query, key, value, attention_mask, **kwargs):
     return _CAPTURE_HOOKS[id(module)](module, query, key, value, attention_mask, **kwargs)
 
 
-def _register_capture() -> None:
+@contextlib.contextmanager
+def _capture_registered() -> Iterator[None]:
+    """The capturing function is known to transformers' attention interface only while a capture runs
+    (it is removed again afterwards, so nothing outlives the call)."""
     from transformers.modeling_utils import AttentionInterface
 
-    if _CAPTURE_KEY not in AttentionInterface._global_mapping:
+    mapping = AttentionInterface._global_mapping
+    added = _CAPTURE_KEY not in mapping
+    if added:
         AttentionInterface.register(_CAPTURE_KEY, _capture_interface)
+    try:
+        yield
+    finally:
+        if added:
+            mapping.pop(_CAPTURE_KEY, None)
 
 
 @contextlib.contextmanager
@@ -190,16 +200,17 @@ def capture_kernel(attn: nn.Module, fn: Callable) -> Iterator[None]:
     """Route ``attn``'s attention-kernel call to ``fn(module, q, k, v, mask, **kwargs)`` for the duration.
 
     Only this module instance is affected (it gets a private copy of its config naming the capturing
-    function); the model's other modules and the shared config are untouched.
+    function); the model's other modules and the shared config are untouched, and the capturing function
+    is registered with transformers' attention interface only for the duration.
     """
-    _register_capture()
     cfg = attn.config
     private = copy.copy(cfg)
     private._attn_implementation_internal = _CAPTURE_KEY
     _CAPTURE_HOOKS[id(attn)] = fn
     attn.config = private
     try:
-        yield
+        with _capture_registered():
+            yield
     finally:
         attn.config = cfg
         _CAPTURE_HOOKS.pop(id(attn), None)
