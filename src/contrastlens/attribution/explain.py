@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from contrastlens.attribution.explanation import Explanation
-from contrastlens.attribution.taps import StateRecorder
+from contrastlens.attribution.logits import head_logits
+from contrastlens.attribution.taps import StateRecorder, layer_names
 from contrastlens.errors import InputError, NumericalError
 from contrastlens.models.loaded import LoadedModel
 from contrastlens.objectives.registry import ObjectiveSpec, get_objective
@@ -73,6 +74,7 @@ def explain(
     bias_share = float(bias.detach().float() @ u) if bias is not None else 0.0
     top = torch.topk(logits, min(10, logits.numel()))
     tok = lm.tokenizer
+    specials = lm.special_ids()
     ex = Explanation(
         source=lm.source,
         rule=rule,
@@ -85,7 +87,7 @@ def explain(
         position=pos,
         input_ids=ids,
         tokens=lm.decode_tokens(ids),
-        special_mask=[i in lm.special_ids() for i in ids],
+        special_mask=[i in specials for i in ids],
         prompt=text,
         logit_diff=float(score.detach()) + const,
         final_norm_bias_share=bias_share,
@@ -97,7 +99,7 @@ def explain(
               "attn_implementation": getattr(model.config, "_attn_implementation", None), "n_tokens": n},
     )
     if keep_states:
-        ex.states = {k: rec.states[k] for k in _ordered_keys(L) if k in rec.states}
+        ex.states = {k: rec.states[k] for k in layer_names(L, mid=True) if k in rec.states}
     return ex
 
 
@@ -183,12 +185,6 @@ def build_objective(lm: LoadedModel, prompt, target=None, contrast=None, *, rule
         yield fwd.score, fwd.emb
 
 
-def _ordered_keys(L: int) -> list[str]:
-    from contrastlens.attribution.taps import layer_names
-
-    return layer_names(L, mid=True)
-
-
 def _objective_direction(lm: LoadedModel, h: torch.Tensor, objective_fn, target_id, contrast_id, *, k: int, rank: int):
     """Resolve the objective at hidden state ``h`` (last position only) and return
     (spec, u, const, logits) with S = h·u + const, u = W_Uᵀ c in float32 (identity rule on a final
@@ -196,14 +192,9 @@ def _objective_direction(lm: LoadedModel, h: torch.Tensor, objective_fn, target_
     model, adapter = lm.model, lm.adapter
     head = adapter.head(model)
     W = head.weight
+    raw, logits = head_logits(lm, h)
+    cap = getattr(lm.text_config, "final_logit_softcapping", None)
     with torch.no_grad():
-        raw = head(h.detach()[None])[0].float()
-        cap = getattr(getattr(model.config, "get_text_config", lambda: model.config)(), "final_logit_softcapping", None)
-        logits = torch.tanh(raw / cap) * cap if cap else raw
-        if not torch.isfinite(logits).all():
-            raise NumericalError(
-                "the forward pass produced NaN/inf logits (e.g. float16 overflow); load the model in float32 or bfloat16"
-            )
         spec: ObjectiveSpec = objective_fn(logits.cpu(), target_id, contrast_id, k=k, rank=rank)
         c = spec.coeffs.to(W.device)
         if cap:

@@ -7,6 +7,20 @@ import torch
 from contrastlens.errors import NumericalError
 from contrastlens.models.loaded import LoadedModel
 
+_NAN_MSG = "the forward pass produced NaN/inf logits (e.g. float16 overflow); load the model in float32 or bfloat16"
+
+
+@torch.no_grad()
+def head_logits(lm: LoadedModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, final) float32 logits [V] of one final hidden state ``h`` [d]: the unembedding, then the
+    model's final logit soft-cap if it has one; NaN/inf is a :class:`NumericalError`."""
+    raw = lm.adapter.head(lm.model)(h.detach()[None])[0].float()
+    cap = getattr(lm.text_config, "final_logit_softcapping", None)
+    logits = torch.tanh(raw / cap) * cap if cap else raw
+    if not torch.isfinite(logits).all():
+        raise NumericalError(_NAN_MSG)
+    return raw, logits
+
 
 @torch.no_grad()
 def position_logits(lm: LoadedModel, ids: list[int], position: int = -1) -> torch.Tensor:
@@ -14,14 +28,7 @@ def position_logits(lm: LoadedModel, ids: list[int], position: int = -1) -> torc
     model, adapter = lm.model, lm.adapter
     out = adapter.base(model)(input_ids=torch.tensor([ids], device=lm.device), use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    logits = adapter.head(model)(hidden[:, position])[0].float()
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    if not torch.isfinite(logits).all():
-        raise NumericalError("the forward pass produced NaN/inf logits (e.g. float16 overflow); use float32 or bfloat16")
-    return logits
+    return head_logits(lm, hidden[0, position])[1]
 
 
 def top_logits(lm: LoadedModel, prompt: str | list[int], k: int = 10, *, chat: bool = False,

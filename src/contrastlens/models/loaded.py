@@ -39,9 +39,14 @@ class LoadedModel:
         return int(self.adapter.head(self.model).weight.shape[0])
 
     @property
-    def max_context(self) -> int | None:
+    def text_config(self):
+        """The language model's config (the text part of a multimodal config)."""
         cfg = self.model.config
-        cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+        return getattr(cfg, "get_text_config", lambda: cfg)()
+
+    @property
+    def max_context(self) -> int | None:
+        cfg = self.text_config
         for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
             v = getattr(cfg, name, None)
             if v:
