@@ -83,7 +83,8 @@ def test_math_equivalence(gold, pred, same):
 
 
 def test_math_extraction_and_score():
-    assert extract_answer("so \\boxed{\\frac{1}{2}} and then \\boxed{3}.") == ("3", 32)
+    text = "so \\boxed{\\frac{1}{2}} and then \\boxed{3}."
+    assert extract_answer(text) == ("3", text.index("3}"))
     assert extract_answer("it is \\boxed{\\frac{a}{\\sqrt{b}}}")[0] == "\\frac{a}{\\sqrt{b}}"
     assert extract_answer("The final answer is 42.")[0] == "42"
     assert extract_answer("x = 3 and then y = 7")[0] == "7"
@@ -92,10 +93,20 @@ def test_math_extraction_and_score():
     it = Item("m", {"problem": "Half of one?", "answer": "\\frac{1}{2}"})
     assert b.score(it, "We get \\boxed{0.5}.").passed
     s = b.score(it, "We get \\boxed{0.25}.")
-    assert not s.passed and s.details["extracted"] == "0.25" and s.broke_at == len("We get ")
+    at = len("We get \\boxed{")
+    assert not s.passed and s.details["extracted"] == "0.25" and s.broke_at == at
+    assert s.hints == [at, at + 1, at + 2, at + 3]  # every character of the wrong answer
     assert not b.score(it, "I do not know").passed
     plain = b.score(it, "so the half is 0.25 and then")  # unboxed: no place to point at
     assert not plain.passed and plain.details["extracted"] == "0.25" and plain.broke_at is None
+
+
+def test_settled_marks_where_more_text_cannot_change_the_verdict():
+    m, h = get_benchmark("math500"), get_benchmark("humaneval")
+    assert not m.settled("so \\boxed{\\frac{1}{2") and m.settled("so \\boxed{\\frac{1}{2}}")
+    assert not m.settled("the answer is 3")
+    assert not h.settled("```python\ndef f():\n    return 1\n") and h.settled("```python\ndef f():\n    return 1\n```")
+    assert not h.settled("```python\n") and get_benchmark("ifeval").settled is None
 
 
 def test_math_real_file(data_dir):

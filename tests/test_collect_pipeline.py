@@ -258,3 +258,83 @@ def test_first_token_is_probed_even_when_the_budget_is_spent(lm, tmp_path):
     (case,) = load_cases(tmp_path / "c.jsonl")
     assert case.failure_index == 0 and case.n_positions == 3
     assert any("boundary lies in tokens [0, " in n for n in case.notes)
+
+
+def test_settled_stops_generation_and_rollouts_where_the_verdict_is_fixed(lm):
+    ids, full = greedy(lm, 3)
+    dec = lm.tokenizer.decode
+    n_chars = len(dec(full[:4], skip_special_tokens=True))
+
+    def settled(text):
+        return len(text) >= n_chars
+
+    ((comp, stopped),) = generate_greedy(lm, [ids], max_new_tokens=N_NEW, batch_size=1, settled=settled)
+    shortest = next(i + 1 for i in range(len(full)) if settled(dec(full[: i + 1], skip_special_tokens=True)))
+    assert comp == full[:shortest] and stopped and shortest < len(full)
+    # a rollout after two tokens of the completion stops at the same place: the head counts
+    p = 2
+    head = dec(full[:p], skip_special_tokens=True)
+    ((gen, st),) = rollout_batch(lm, ids + full[:p], [full[p]], max_new_tokens=N_NEW, settled=settled, head=head)
+    assert [full[p]] + gen == full[p:shortest] and st
+
+
+def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
+    """Only one alternative at one position passes, so rescuable positions are not a prefix of the
+    completion and the binary search misses it; the scan probes by ascending margin and finds it."""
+    from contrastlens.collect.localise import Localiser
+
+    ids, comp = greedy(lm, 5)
+    assert len(comp) == N_NEW
+    p = 8
+    alts, lg = _top_alternative(lm, ids, comp, p)
+    want = lm.tokenizer.decode(comp[:p] + [alts[0]], skip_special_tokens=True)
+    bench = PrefixBench(want={"5": want})
+    item = bench.load()[0][5]
+    loc = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=2, scan_probes=N_NEW)
+    assert loc.search() == p
+    probed = [q for q, _ in loc.probes]
+    assert probed[:3] == [6, 3, 0]  # the binary search (two probes, then the first token) found nothing
+    # the scan's order is the margin order, computed here from the full-sequence logits
+    logits = PrefixCache(lm, ids + comp).logits
+    marg = []
+    for q in range(N_NEW):
+        row = logits[len(ids) + q - 1].clone()
+        chosen = float(row[comp[q]])
+        row[comp[q]] = float("-inf")
+        row[sorted(lm.special_ids() | set(loc.excluded))] = float("-inf")
+        marg.append(chosen - float(row.max()))
+    order = [q for q in sorted(range(N_NEW), key=lambda q: marg[q]) if q not in (6, 3, 0)]
+    until = order.index(p)
+    assert probed[3 : 4 + until] == order[: until + 1]
+    assert all(q > p for q in probed[4 + until :])  # after the find only later positions are worth a probe
+    assert any("uncertainty scan" in n for n in loc.search_notes)
+    # with the scan off nothing is found; through the pipeline the case records the scan
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=0, progress=False)
+    collect(lm, bench, [item], str(tmp_path / "off.jsonl"), cfg)
+    assert load_cases(tmp_path / "off.jsonl")[0].status == "unlocalised"
+    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=N_NEW, progress=False)
+    collect(lm, bench, [item], str(tmp_path / "on.jsonl"), cfg)
+    (case,) = load_cases(tmp_path / "on.jsonl")
+    assert case.failure_index == p and case.contrast_id == alts[0] and case.method == "rollout"
+    assert any("uncertainty scan" in n for n in case.notes)
+
+
+def test_rollout_slack_caps_each_continuation(lm, monkeypatch):
+    import contrastlens.collect.localise as loc_mod
+
+    ids, comp = greedy(lm, 4)
+    bench = PrefixBench(bad_prefix={"4": "x"})
+    item = bench.load()[0][4]
+    n, p = len(comp), 3
+    asked = []
+    real = loc_mod.rollout_batch
+
+    def spy(*a, max_new_tokens, **kw):
+        asked.append(max_new_tokens)
+        return real(*a, max_new_tokens=max_new_tokens, **kw)
+
+    monkeypatch.setattr(loc_mod, "rollout_batch", spy)
+    for slack, cap in ((2, n - p - 1 + 2), (None, 40 - p - 1)):
+        loc = loc_mod.Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=40, rollout_slack=slack)
+        rolls = loc.probe(p)
+        assert asked[-1] == cap and len(rolls) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class Score:
     details: dict[str, Any] = field(default_factory=dict)
     # character offset into the completion where the checker saw it break (None: unknown)
     broke_at: int | None = None
+    # further character offsets worth probing first (e.g. every character of a wrong final answer)
+    hints: list[int] = field(default_factory=list)
 
 
 class ItemError(InputError):
@@ -85,6 +88,9 @@ class Benchmark:
     default_file: str = ""
     hub_id: str | None = None
     default_max_new_tokens: int = 256
+    #: ``settled(text)`` is True once more text cannot change the verdict on a completion (a closed code
+    #: block, a closed ``\\boxed{}``); generation and rollouts stop there. None: never settled early.
+    settled: Callable[[str], bool] | None = None
 
     def resolve(self, path: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> Path:
         if path is not None and Path(path).is_file():

@@ -66,6 +66,9 @@ print(json.dumps(res))
 '''
 
 
+_CLOSED_BLOCK = re.compile(r"```(?:python|py|Python)?[ \t]*\n.*?```", re.DOTALL)
+
+
 def extract_code(completion: str) -> tuple[str, int]:
     """The code of a completion (first fenced block, else the whole text) and its offset."""
     m = re.search(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", completion, re.DOTALL)
@@ -144,6 +147,10 @@ class HumanEvalPlus(Benchmark):
                 return None
             pos = nxt + 1
         return pos if pos < len(completion) else None
+
+    def settled(self, text):
+        # the checker reads the first fenced block only: once it has closed, nothing later counts
+        return _CLOSED_BLOCK.search(text) is not None
 
     def segments(self, item, prompt):
         i = locate(prompt, INSTRUCTION)

@@ -11,7 +11,8 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 
 def last_boxed(text: str) -> tuple[str, int] | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, and its offset."""
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, and the content's
+    offset."""
     best = None
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, i = 1, m.end()
@@ -19,12 +20,24 @@ def last_boxed(text: str) -> tuple[str, int] | None:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            best = (text[m.end() : i - 1], m.start())
+            best = (text[m.end() : i - 1], m.end())
     if best is None:
         plain = list(re.finditer(r"\\boxed (\S+)", text))
         if plain:
-            best = (plain[-1].group(1), plain[-1].start())
+            best = (plain[-1].group(1), plain[-1].start(1))
     return best
+
+
+def closed_boxed(text: str) -> bool:
+    """True once the text holds a ``\\boxed{...}`` whose braces have closed."""
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return True
+    return False
 
 
 _PLAIN = [
@@ -93,9 +106,16 @@ class Math500(Benchmark):
         pred, at = ex
         ok = equivalent(gold, pred)
         boxed = last_boxed(completion) is not None
-        # a boxed answer is a committed final answer: its first token is where the checker sees the break;
-        # a number picked from unfinished text says nothing about where the solution went wrong
-        return Score(ok, {"gold": gold, "extracted": pred, "boxed": boxed}, None if ok or not boxed else at)
+        # a boxed answer is a committed final answer: its tokens are where the checker sees the break (each
+        # is a hint: a wrong second digit is fixed at the second digit); a number picked from unfinished
+        # text says nothing about where the solution went wrong
+        if ok or not boxed:
+            return Score(ok, {"gold": gold, "extracted": pred, "boxed": boxed}, None)
+        return Score(False, {"gold": gold, "extracted": pred, "boxed": True}, at,
+                     hints=[at + i for i in range(len(pred))])
+
+    def settled(self, text):
+        return closed_boxed(text)
 
     def segments(self, item, prompt):
         q = locate(prompt, item.data["problem"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +33,34 @@ def stop_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
-def _greedy(lm, input_ids, attention_mask, max_new_tokens: int, stops, pad: int, **kw):
-    """Greedy decoding with the KV cache, stopping at any of ``stops``."""
+class SettledStop:
+    """A stopping criterion: row ``r`` stops as soon as ``settled(heads[r] + text of its new tokens)``
+    holds (the checker's verdict can no longer change, e.g. a code block or a ``\\boxed{}`` answer has
+    closed). ``lengths[r]`` records how many new tokens the row had then."""
+
+    def __init__(self, lm: LoadedModel, settled: Callable[[str], bool], start: int, heads: Sequence[str]):
+        self.tok, self.settled, self.start, self.heads = lm.tokenizer, settled, start, list(heads)
+        self.lengths: list[int | None] = [None] * len(self.heads)
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kw) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        n = input_ids.shape[1] - self.start
+        for r in range(input_ids.shape[0]):
+            if self.lengths[r] is None:
+                text = self.heads[r] + self.tok.decode(input_ids[r, self.start :].tolist(), skip_special_tokens=True)
+                if self.settled(text):
+                    self.lengths[r] = n
+            done[r] = self.lengths[r] is not None
+        return done
+
+
+def _greedy(lm, input_ids, attention_mask, max_new_tokens: int, stops, pad: int, settled=None, **kw):
+    """Greedy decoding with the KV cache, stopping at any of ``stops`` (and per row at ``settled``, a
+    :class:`SettledStop`)."""
+    if settled is not None:
+        from transformers import StoppingCriteriaList
+
+        kw["stopping_criteria"] = StoppingCriteriaList([settled])
     return lm.model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -56,12 +82,15 @@ def pad_id(lm: LoadedModel) -> int:
     return stop_ids(lm)[0] if stop_ids(lm) else 0
 
 
-def _trim(seq: list[int], stops: set[int]) -> tuple[list[int], bool]:
-    """Cut a generated sequence at its first stop token (excluded); return (ids, stopped)."""
+def _trim(seq: list[int], stops: set[int], settled_at: int | None = None) -> tuple[list[int], bool]:
+    """Cut a generated sequence at its first stop token (excluded) or after ``settled_at`` tokens;
+    return (ids, stopped)."""
+    if settled_at is not None:
+        seq = seq[:settled_at]
     for i, t in enumerate(seq):
         if t in stops:
             return seq[:i], True
-    return seq, False
+    return seq, settled_at is not None
 
 
 @dataclass
@@ -110,10 +139,12 @@ def generate_greedy(
     max_new_tokens: int = 256,
     batch_size: int = 8,
     progress: Progress | None = None,
+    settled: Callable[[str], bool] | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Greedy completions of token-id prompts, batched with left padding (prompts of similar length
     are batched together). Returns, per prompt, the completion ids (stop token excluded) and whether
-    the model stopped by itself (False: it hit ``max_new_tokens``)."""
+    the model stopped by itself (False: it hit ``max_new_tokens``). With ``settled``, a row also stops
+    once ``settled(completion text)`` holds."""
     stops = set(stop_ids(lm))
     pid = pad_id(lm)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -128,11 +159,12 @@ def generate_greedy(
         for r, s in enumerate(seqs):
             ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[r, width - len(s) :] = 1
-        gen = _greedy(lm, ids.to(dev), mask.to(dev), max_new_tokens, stops, pid)
+        crit = SettledStop(lm, settled, width, [""] * len(seqs)) if settled is not None else None
+        gen = _greedy(lm, ids.to(dev), mask.to(dev), max_new_tokens, stops, pid, settled=crit)
         new = gen[:, width:].tolist()
         n_tok = 0
         for r, i in enumerate(idx):
-            seq, stopped = _trim(new[r], stops)
+            seq, stopped = _trim(new[r], stops, crit.lengths[r] if crit is not None else None)
             out[i] = (seq, stopped)
             n_tok += len(seq) + (1 if stopped else 0)
         if progress is not None:
@@ -197,10 +229,13 @@ def rollout_batch(
     *,
     max_new_tokens: int,
     cache: PrefixCache | None = None,
+    settled: Callable[[str], bool] | None = None,
+    head: str = "",
 ) -> list[tuple[list[int], bool]]:
     """Continue ``prefix_ids + [a]`` greedily for each alternative ``a``, as one batch of k sequences
     sharing the prefix (its KV cache is reused when ``cache`` is given). Returns per alternative the
-    generated ids *after* ``a`` and whether the model stopped by itself."""
+    generated ids *after* ``a`` and whether the model stopped by itself. With ``settled``, a row stops
+    once ``settled(head + text of a and its continuation)`` holds (``head``: the completion so far)."""
     stops = set(stop_ids(lm))
     k = len(alternatives)
     if k == 0:
@@ -212,8 +247,14 @@ def rollout_batch(
         return [([], False) for _ in alternatives]
     kv = cache.prefix(len(prefix_ids), k) if cache is not None else None
     kw = {"past_key_values": kv} if kv is not None else {}
-    gen = _greedy(lm, rows, torch.ones_like(rows), max_new_tokens, stops, pid, **kw)
+    start = rows.shape[1] - 1  # the alternative itself is part of the settled text
+    crit = SettledStop(lm, settled, start, [head] * k) if settled is not None else None
+    if crit is not None:  # an alternative that settles the verdict by itself needs no continuation
+        crit.lengths = [1 if settled(head + lm.tokenizer.decode([int(a)], skip_special_tokens=True)) else None
+                        for a in alternatives]
+    gen = _greedy(lm, rows, torch.ones_like(rows), max_new_tokens, stops, pid, settled=crit, **kw)
     for r in range(k):
-        seq, stopped = _trim(gen[r, rows.shape[1] :].tolist(), stops)
+        n = crit.lengths[r] if crit is not None else None
+        seq, stopped = _trim(gen[r, rows.shape[1] :].tolist(), stops, None if n is None else n - 1)
         results.append((seq, stopped))
     return results

@@ -10,7 +10,15 @@ an alternative passes, and no alternative at ``p* + 1`` can undo it. Candidate p
 * checker-guided: when the checker says where the output broke (a comma under "no commas", the line of a
   failing test, a wrong tool argument), the token there is probed first and taken when rescuable;
 * otherwise a binary search for the rescuable/unrescuable boundary on ``[0, n)``: about ``log2(n)``
-  probes instead of ``n``.
+  probes instead of ``n``;
+* when every binary-search probe fails (a weak model is rescuable at a few scattered positions only, so
+  the boundary assumption does not hold), an uncertainty scan: the positions where the model was least
+  sure (smallest logit margin between its token and the best alternative) are probed first, and the
+  latest rescuable one is taken.
+
+Rollouts stop as soon as the benchmark says the verdict is settled (a closed code block or ``\\boxed{}``),
+and with ``rollout_slack`` after at most that many tokens more than the rest of the failed completion (a
+continuation that runs far past it is usually a loop, and each long rollout costs a full batch).
 
 The contrast is the best-ranked passing alternative at ``p*``. Fallbacks, in order: a sibling model's top
 alternatives (same tokenizer), an LLM judge on an OpenAI-compatible endpoint, a manual position/contrast.
@@ -59,12 +67,16 @@ class Localiser:
         k: int = 4,
         max_new_tokens: int = 256,
         max_probes: int = 12,
+        scan_probes: int | None = None,
+        rollout_slack: int | None = None,
         sibling: LoadedModel | None = None,
         sibling_k: int = 10,
     ):
         self.lm, self.bench, self.item = lm, bench, item
         self.prompt_ids, self.completion = list(prompt_ids), list(completion_ids)
         self.k, self.max_new_tokens, self.max_probes = k, max_new_tokens, max_probes
+        self.scan_probes = max_probes if scan_probes is None else scan_probes
+        self.rollout_slack = rollout_slack
         self.sibling, self.sibling_k = sibling, sibling_k
         self.cache = PrefixCache(lm, self.prompt_ids + self.completion, keep=len(self.completion) + 1)
         self.n_rollouts = 0
@@ -122,7 +134,12 @@ class Localiser:
             alts = [a for a in alts if a[1] not in tried]
         prefix = self.prompt_ids + self.completion[:p]
         budget = self.max_new_tokens - p - 1
-        gens = rollout_batch(self.lm, prefix, [a[1] for a in alts], max_new_tokens=budget, cache=self.cache)
+        if self.rollout_slack is not None:  # a rescue is about as long as the completion; loops are cut
+            budget = min(budget, len(self.completion) - p - 1 + self.rollout_slack)
+        settled = self.bench.settled
+        head = self.lm.tokenizer.decode(self.completion[:p], skip_special_tokens=True) if settled else ""
+        gens = rollout_batch(self.lm, prefix, [a[1] for a in alts], max_new_tokens=budget, cache=self.cache,
+                             settled=settled, head=head)
         self.n_rollouts += len(alts)
         tok = self.lm.tokenizer
         out = []
@@ -160,8 +177,20 @@ class Localiser:
         )
 
     # ------------------------------------------------------------------ search
-    def search(self, source: str = "model", broke_at: int | None = None) -> int | None:
-        """The failure position by rollouts with ``source`` alternatives, or None."""
+    def margins(self) -> torch.Tensor:
+        """Per completion position, the logit of the chosen token minus that of the best alternative
+        (special and stop tokens excluded): small where the model hesitated."""
+        n = len(self.completion)
+        lg = torch.stack([self.logits_at(p) for p in range(n)]).clone()
+        chosen = lg[torch.arange(n), torch.tensor(self.completion)]
+        if self.excluded:
+            lg[:, sorted(self.excluded)] = float("-inf")
+        lg[torch.arange(n), torch.tensor(self.completion)] = float("-inf")
+        return chosen - lg.max(dim=1).values
+
+    def search(self, source: str = "model", guided: list[int] | None = None) -> int | None:
+        """The failure position by rollouts with ``source`` alternatives, or None. ``guided``: positions
+        the checker points at, probed first (latest first)."""
         n = len(self.completion)
         if n == 0:
             return None
@@ -172,10 +201,10 @@ class Localiser:
             return self.rescuable(p, source)
 
         hi = n
-        if broke_at is not None and 0 <= broke_at < n:
-            if g(broke_at):
-                return broke_at
-            hi = broke_at  # the break is earlier than where the checker saw it
+        for b in sorted({b for b in guided or [] if 0 <= b < n}, reverse=True):
+            if g(b):
+                return b
+            hi = min(hi, b)  # the break is earlier than where the checker saw it
         # binary search for the last rescuable position; lo = -1 means "none found yet" (the costly
         # probe at position 0, the longest rollout, is only made when every later probe fails)
         lo = -1
@@ -189,20 +218,45 @@ class Localiser:
             # every probe failed: the first token is the last candidate (one probe past the budget)
             if g(0):
                 lo = 0
-        if lo >= 0 and hi - lo > 1:
-            self.search_notes.append(f"probe budget spent: the boundary lies in tokens [{lo}, {hi})")
-        return lo if lo >= 0 else None
+        if lo >= 0:
+            if hi - lo > 1:
+                self.search_notes.append(f"probe budget spent: the boundary lies in tokens [{lo}, {hi})")
+            return lo
+        return self.scan(source)
 
-    def localise(self, broke_at: int | None = None) -> Localisation:
-        p = self.search("model", broke_at)
+    def scan(self, source: str = "model") -> int | None:
+        """Uncertainty scan: probe up to ``scan_probes`` unprobed positions by ascending margin and return
+        the latest rescuable one (positions before one already found are skipped)."""
+        order = torch.argsort(self.margins()).tolist()
+        found: int | None = None
+        spent = 0
+        for p in order:
+            if spent >= self.scan_probes:
+                break
+            if (p, source) in self.probes or (found is not None and p < found):
+                continue
+            spent += 1
+            if self.rescuable(p, source):
+                found = p
+        if found is not None:
+            self.search_notes.append(
+                f"found by the uncertainty scan ({spent} positions probed by ascending top-1 margin); "
+                "a later rescuable position may exist among the unprobed ones")
+        return found
+
+    def localise(self, guided: list[int] | None = None) -> Localisation:
+        p = self.search("model", guided)
         if p is not None:
             res = self._result(p, "model", "rollout")
             res.notes += self.search_notes
             return res
         if self.sibling is not None:
-            p = self.search("sibling", broke_at)
+            self.search_notes = []
+            p = self.search("sibling", guided)
             if p is not None:
-                return self._result(p, "sibling", "sibling")
+                res = self._result(p, "sibling", "sibling")
+                res.notes += self.search_notes
+                return res
         return Localisation(n_rollouts=self.n_rollouts, n_positions=len({q for q, _ in self.probes}),
                             notes=["no top-k alternative passed at the probed positions"])
 
@@ -229,13 +283,21 @@ class Localiser:
 
 def char_to_token(lm: LoadedModel, completion_ids: list[int], char: int | None) -> int | None:
     """Index of the completion token whose text covers character ``char`` of the decoded completion."""
-    if char is None:
-        return None
+    return chars_to_tokens(lm, completion_ids, [char])[0]
+
+
+def chars_to_tokens(lm: LoadedModel, completion_ids: list[int], chars: list[int | None]) -> list[int | None]:
+    """:func:`char_to_token` for several offsets (the completion's prefixes are decoded once)."""
+    want = [c for c in chars if c is not None]
+    if not want:
+        return [None] * len(chars)
     tok = lm.tokenizer
+    ends: list[int] = []
     for i in range(len(completion_ids)):
-        if len(tok.decode(completion_ids[: i + 1], skip_special_tokens=True)) > char:
-            return i
-    return None
+        ends.append(len(tok.decode(completion_ids[: i + 1], skip_special_tokens=True)))
+        if ends[-1] > max(want):
+            break
+    return [None if c is None else next((i for i, e in enumerate(ends) if e > c), None) for c in chars]
 
 
 # ---------------------------------------------------------------------------------- LLM judge

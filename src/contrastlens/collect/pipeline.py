@@ -14,7 +14,7 @@ from contrastlens.benchmarks.base import Benchmark, Item, ItemError
 from contrastlens.cases.io import CaseStore
 from contrastlens.cases.schema import FailureCase, case_id
 from contrastlens.collect.generate import Progress, generate_greedy
-from contrastlens.collect.localise import Localiser, char_to_token, judge_payload, parse_judge
+from contrastlens.collect.localise import Localiser, chars_to_tokens, judge_payload, parse_judge
 from contrastlens.errors import ContrastLensError
 from contrastlens.models.loaded import LoadedModel
 
@@ -25,6 +25,8 @@ class CollectConfig:
     batch_size: int = 8
     k: int = 4
     max_probes: int = 12
+    scan_probes: int | None = None  # uncertainty-scan probes after a failed binary search (None: max_probes)
+    rollout_slack: int | None = 64  # rollouts stop this many tokens past the completion's length (None: off)
     chat: bool = True
     regenerate: bool = False  # agent traces: generate instead of using the recorded completion
     sibling: LoadedModel | None = None
@@ -153,7 +155,7 @@ def collect(
         if gen_in:
             tg = time.perf_counter()
             res = generate_greedy(lm, [p[3] for _, p in gen_in], max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.batch_size, progress=prog)
+                                  batch_size=cfg.batch_size, progress=prog, settled=bench.settled)
             summ.gen_seconds += time.perf_counter() - tg
             summ.gen_tokens += sum(len(r[0]) for r in res)
             for (i, _), r in zip(gen_in, res, strict=True):
@@ -214,15 +216,17 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
         return
     summ.failed += 1
     loc = Localiser(lm, bench, it, ids, comp_ids, k=cfg.k, max_new_tokens=max(cfg.max_new_tokens, len(comp_ids) + 1),
-                    max_probes=cfg.max_probes, sibling=cfg.sibling)
-    broke_tok = char_to_token(lm, comp_ids, score.broke_at)
+                    max_probes=cfg.max_probes, scan_probes=cfg.scan_probes,
+                    rollout_slack=cfg.rollout_slack, sibling=cfg.sibling)
+    broke_tok, *hint_toks = chars_to_tokens(lm, comp_ids, [score.broke_at, *score.hints])
+    guided = [t for t in [broke_tok, *hint_toks] if t is not None]
     if cfg.failure_index is not None:
         contrast = None
         if cfg.contrast is not None:
             contrast = lm.token_id(cfg.contrast, ids + comp_ids[: cfg.failure_index], what="contrast")
         res = loc.at(cfg.failure_index, "manual", contrast)
     else:
-        res = loc.localise(broke_tok)
+        res = loc.localise(guided)
         if res.failure_index is None and cfg.judge is not None:
             try:
                 ans = cfg.judge(judge_payload(lm, prompt, comp_ids, json.dumps(score.details.get("gold"))
