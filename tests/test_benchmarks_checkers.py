@@ -97,7 +97,10 @@ def test_math_extraction_and_score():
     assert not s.passed and s.details["extracted"] == "0.25" and s.broke_at == at
     assert s.hints == [at, at + 1, at + 2, at + 3]  # every character of the wrong answer
     assert not b.score(it, "I do not know").passed
-    plain = b.score(it, "so the half is 0.25 and then")  # unboxed: no place to point at
+    stated = b.score(it, "Halving gives 0.3.\n\nSo, the answer is 0.3.")  # a stated answer is a commitment
+    assert not stated.passed and stated.details["found_by"] == "phrase"
+    assert stated.broke_at == len("Halving gives 0.3.\n\nSo, the answer is ") and len(stated.hints) == 3
+    plain = b.score(it, "so the half is 0.25 and then")  # no stated answer: no place to point at
     assert not plain.passed and plain.details["extracted"] == "0.25" and plain.broke_at is None
 
 

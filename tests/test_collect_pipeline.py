@@ -8,7 +8,7 @@ import torch
 
 from contrastlens.benchmarks import Benchmark, Item, Score
 from contrastlens.cases.io import load_cases
-from contrastlens.collect.generate import PrefixCache, generate_greedy, rollout_batch
+from contrastlens.collect.generate import PrefixCache, generate_greedy, rollout_batch, rollout_rows
 from contrastlens.collect.pipeline import CollectConfig, collect
 from contrastlens.errors import InputError
 from contrastlens.models.loading import load_model
@@ -290,7 +290,8 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     want = lm.tokenizer.decode(comp[:p] + [alts[0]], skip_special_tokens=True)
     bench = PrefixBench(want={"5": want})
     item = bench.load()[0][5]
-    loc = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=2, scan_probes=N_NEW)
+    loc = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=2, scan_probes=N_NEW,
+                    batch_rows=3)  # one position per batch
     assert loc.search() == p
     probed = [q for q, _ in loc.probes]
     assert probed[:3] == [6, 3, 0]  # the binary search (two probes, then the first token) found nothing
@@ -308,6 +309,12 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     assert probed[3 : 4 + until] == order[: until + 1]
     assert all(q > p for q in probed[4 + until :])  # after the find only later positions are worth a probe
     assert any("uncertainty scan" in n for n in loc.search_notes)
+    # several positions per batch: the same answer and the same rollouts at every shared position
+    many = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=2, scan_probes=N_NEW,
+                     batch_rows=12)
+    assert many.search() == p
+    shared = set(loc.probes) & set(many.probes)
+    assert (p, "model") in shared and all(loc.probes[q] == many.probes[q] for q in shared)
     # with the scan off nothing is found; through the pipeline the case records the scan
     cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=0, progress=False)
     collect(lm, bench, [item], str(tmp_path / "off.jsonl"), cfg)
@@ -319,22 +326,33 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     assert any("uncertainty scan" in n for n in case.notes)
 
 
-def test_rollout_slack_caps_each_continuation(lm, monkeypatch):
-    import contrastlens.collect.localise as loc_mod
+def test_rollout_slack_caps_each_continuation(lm):
+    from contrastlens.collect.localise import Localiser
 
     ids, comp = greedy(lm, 4)
     bench = PrefixBench(bad_prefix={"4": "x"})
     item = bench.load()[0][4]
     n, p = len(comp), 3
-    asked = []
-    real = loc_mod.rollout_batch
-
-    def spy(*a, max_new_tokens, **kw):
-        asked.append(max_new_tokens)
-        return real(*a, max_new_tokens=max_new_tokens, **kw)
-
-    monkeypatch.setattr(loc_mod, "rollout_batch", spy)
     for slack, cap in ((2, n - p - 1 + 2), (None, 40 - p - 1)):
-        loc = loc_mod.Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=40, rollout_slack=slack)
+        loc = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=40, rollout_slack=slack)
+        assert loc.budget(p) == cap
         rolls = loc.probe(p)
-        assert asked[-1] == cap and len(rolls) == 3
+        # each continuation is the alternative plus at most ``cap`` tokens (fewer if it stopped)
+        want = rollout_batch(lm, ids + comp[:p], [r.token_id for r in rolls], max_new_tokens=cap)
+        assert [r.continuation for r in rolls] == [lm.tokenizer.decode([r.token_id] + g, skip_special_tokens=True)
+                                                   for r, (g, _) in zip(rolls, want, strict=True)]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_rollouts_at_many_positions_in_one_batch_equal_one_position_at_a_time(lm, use_cache):
+    ids, comp = greedy(lm, 6)
+    full = ids + comp
+    pc = PrefixCache(lm, full)
+    positions = [1, 4, 4, 9, 2]
+    alts = [int(torch.topk(pc.logits[len(ids) + p - 1], 3).indices[1 + (i % 2)]) for i, p in enumerate(positions)]
+    budgets = [5, 3, 7, 2, 6]
+    starts = [len(ids) + p for p in positions]
+    got = rollout_rows(lm, full, starts, alts, budgets=budgets, cache=pc if use_cache else None)
+    for (gen, st), s, a, b in zip(got, starts, alts, budgets, strict=True):
+        ((want, wst),) = rollout_batch(lm, full[:s], [a], max_new_tokens=b, cache=None)
+        assert gen == want and st == wst

@@ -50,17 +50,24 @@ _PLAIN = [
 def extract_answer(text: str) -> tuple[str, int] | None:
     """The final answer of a solution: the last ``\\boxed{}``, else an "answer is X" phrase, else the
     last number. Returns the answer and its character offset, or None."""
+    found = find_answer(text)
+    return None if found is None else found[:2]
+
+
+def find_answer(text: str) -> tuple[str, int, str] | None:
+    """:func:`extract_answer` plus how the answer was found: ``boxed``, ``phrase`` ("the answer is X")
+    or ``last number`` (a guess from text that states no answer)."""
     b = last_boxed(text)
     if b is not None:
-        return b
+        return (*b, "boxed")
     for pat in _PLAIN:
         ms = list(re.finditer(pat, text, re.IGNORECASE | re.MULTILINE))
         if ms:
             m = ms[-1]
-            return m.group(1).strip(), m.start(1)
+            return m.group(1).strip(), m.start(1), "phrase"
     ms = list(re.finditer(r"-?\d+(?:\.\d+)?(?:/\d+)?", text))
     if ms:
-        return ms[-1].group(0), ms[-1].start()
+        return ms[-1].group(0), ms[-1].start(), "last number"
     return None
 
 
@@ -100,19 +107,18 @@ class Math500(Benchmark):
 
     def score(self, item, completion):
         gold = str(item.data["answer"])
-        ex = extract_answer(completion)
-        if ex is None:
+        found = find_answer(completion)
+        if found is None:
             return Score(False, {"gold": gold, "extracted": None, "reason": "no final answer"}, None)
-        pred, at = ex
+        pred, at, how = found
         ok = equivalent(gold, pred)
-        boxed = last_boxed(completion) is not None
-        # a boxed answer is a committed final answer: its tokens are where the checker sees the break (each
-        # is a hint: a wrong second digit is fixed at the second digit); a number picked from unfinished
-        # text says nothing about where the solution went wrong
-        if ok or not boxed:
-            return Score(ok, {"gold": gold, "extracted": pred, "boxed": boxed}, None)
-        return Score(False, {"gold": gold, "extracted": pred, "boxed": True}, at,
-                     hints=[at + i for i in range(len(pred))])
+        details = {"gold": gold, "extracted": pred, "found_by": how, "boxed": how == "boxed"}
+        # a stated final answer (boxed, or "the answer is X") is a commitment: its tokens are where the
+        # checker sees the break (each is a hint: a wrong second digit is fixed at the second digit); a
+        # number picked from text that states no answer says nothing about where the solution went wrong
+        if ok or how == "last number":
+            return Score(ok, details, None)
+        return Score(False, details, at, hints=[at + i for i in range(min(len(pred), 16))])
 
     def settled(self, text):
         return closed_boxed(text)

@@ -24,13 +24,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top-k", type=int, default=4, help="alternatives rolled out per probed position")
     p.add_argument("--max-probes", type=int, default=12,
-                   help="positions probed per case by the checker-guided probes and the binary search")
+                   help="positions probed per case by the checker-guided probes and the binary search "
+                        "(0: checker-guided probes and the scan only)")
     p.add_argument("--scan-probes", type=int, default=None,
                    help="positions probed by the uncertainty scan when the binary search finds nothing "
                         "(default: --max-probes; 0 turns the scan off)")
     p.add_argument("--rollout-slack", type=int, default=64,
                    help="a rollout stops this many tokens past the failed completion's length "
                         "(-1: only --max-new-tokens)")
+    p.add_argument("--rollout-batch", type=int, default=32,
+                   help="rollouts per batch when the scan or the checker probes several positions at once "
+                        "(decoding is memory-bound on a CPU: a batch of 32 costs little more than one of 4)")
     p.add_argument("--chat", dest="chat", action="store_true", default=True,
                    help="render prompts with the chat template (default)")
     p.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
@@ -104,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = CollectConfig(
         max_new_tokens=args.max_new_tokens or bench.default_max_new_tokens, batch_size=args.batch_size,
         k=args.top_k, max_probes=args.max_probes, scan_probes=args.scan_probes,
-        rollout_slack=None if args.rollout_slack < 0 else args.rollout_slack, chat=args.chat,
+        rollout_slack=None if args.rollout_slack < 0 else args.rollout_slack, batch_rows=args.rollout_batch,
+        chat=args.chat,
         regenerate=args.regenerate, sibling=sibling,
         judge=judge, failure_index=args.failure_index, contrast=contrast, progress=not args.no_progress,
     )

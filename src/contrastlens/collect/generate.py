@@ -34,23 +34,26 @@ def stop_ids(lm: LoadedModel) -> list[int]:
 
 
 class SettledStop:
-    """A stopping criterion: row ``r`` stops as soon as ``settled(heads[r] + text of its new tokens)``
-    holds (the checker's verdict can no longer change, e.g. a code block or a ``\\boxed{}`` answer has
-    closed). ``lengths[r]`` records how many new tokens the row had then."""
+    """A per-row stopping criterion. Row ``r`` stops as soon as ``settled(heads[r] + text of its new
+    tokens)`` holds (the checker's verdict can no longer change, e.g. a code block or a ``\\boxed{}``
+    answer has closed; ``lengths[r]`` records how many new tokens it had then), or once it has
+    ``limits[r]`` new tokens."""
 
-    def __init__(self, lm: LoadedModel, settled: Callable[[str], bool], start: int, heads: Sequence[str]):
+    def __init__(self, lm: LoadedModel, settled: Callable[[str], bool] | None, start: int,
+                 heads: Sequence[str], limits: Sequence[int] | None = None):
         self.tok, self.settled, self.start, self.heads = lm.tokenizer, settled, start, list(heads)
         self.lengths: list[int | None] = [None] * len(self.heads)
+        self.limits = list(limits) if limits is not None else None
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kw) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         n = input_ids.shape[1] - self.start
         for r in range(input_ids.shape[0]):
-            if self.lengths[r] is None:
+            if self.lengths[r] is None and self.settled is not None:
                 text = self.heads[r] + self.tok.decode(input_ids[r, self.start :].tolist(), skip_special_tokens=True)
                 if self.settled(text):
                     self.lengths[r] = n
-            done[r] = self.lengths[r] is not None
+            done[r] = self.lengths[r] is not None or (self.limits is not None and n >= self.limits[r])
         return done
 
 
@@ -236,25 +239,59 @@ def rollout_batch(
     sharing the prefix (its KV cache is reused when ``cache`` is given). Returns per alternative the
     generated ids *after* ``a`` and whether the model stopped by itself. With ``settled``, a row stops
     once ``settled(head + text of a and its continuation)`` holds (``head``: the completion so far)."""
-    stops = set(stop_ids(lm))
     k = len(alternatives)
-    if k == 0:
+    return rollout_rows(lm, list(prefix_ids), [len(prefix_ids)] * k, alternatives, budgets=[max_new_tokens] * k,
+                        cache=cache, settled=settled, heads=[head] * k)
+
+
+@torch.no_grad()
+def rollout_rows(
+    lm: LoadedModel,
+    ids: list[int],
+    starts: Sequence[int],
+    alternatives: Sequence[int],
+    *,
+    budgets: Sequence[int],
+    cache: PrefixCache | None = None,
+    settled: Callable[[str], bool] | None = None,
+    heads: Sequence[str] | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Rollouts at several positions of one sequence in one batch: row ``r`` continues
+    ``ids[:starts[r]] + [alternatives[r]]`` greedily for at most ``budgets[r]`` tokens.
+
+    Every row holds ``ids[:max(starts)]`` (one cropped copy of ``cache``, no new prefill) and masks out
+    its tokens from ``starts[r]`` on, so its alternative sits right after its own prefix (positions come
+    from the mask). Decoding is memory-bound on a CPU, so a batch of many rows costs little more than
+    one of k. Returns per row the ids generated after the alternative and whether the model stopped by
+    itself (a stop token or ``settled(heads[r] + text)``)."""
+    m = len(alternatives)
+    if m == 0:
         return []
+    if cache is not None and list(ids[: max(starts)]) != cache.ids[: max(starts)]:
+        raise ValueError("rollout_rows: ids do not match the prefix cache")
+    stops = set(stop_ids(lm))
     pid = pad_id(lm)
-    rows = torch.tensor([list(prefix_ids) + [int(a)] for a in alternatives], dtype=torch.long, device=lm.device)
-    results: list[tuple[list[int], bool]] = []
-    if max_new_tokens <= 0:
+    top = max(starts)
+    rows = torch.tensor([list(ids[:top]) + [int(a)] for a in alternatives], dtype=torch.long, device=lm.device)
+    mask = torch.ones_like(rows)
+    for r, s in enumerate(starts):
+        mask[r, s:top] = 0
+    limit = max(budgets)
+    if limit <= 0:
         return [([], False) for _ in alternatives]
-    kv = cache.prefix(len(prefix_ids), k) if cache is not None else None
+    kv = cache.prefix(top, m) if cache is not None else None
     kw = {"past_key_values": kv} if kv is not None else {}
-    start = rows.shape[1] - 1  # the alternative itself is part of the settled text
-    crit = SettledStop(lm, settled, start, [head] * k) if settled is not None else None
-    if crit is not None:  # an alternative that settles the verdict by itself needs no continuation
-        crit.lengths = [1 if settled(head + lm.tokenizer.decode([int(a)], skip_special_tokens=True)) else None
-                        for a in alternatives]
-    gen = _greedy(lm, rows, torch.ones_like(rows), max_new_tokens, stops, pid, settled=crit, **kw)
-    for r in range(k):
-        n = crit.lengths[r] if crit is not None else None
-        seq, stopped = _trim(gen[r, rows.shape[1] :].tolist(), stops, None if n is None else n - 1)
+    heads = list(heads) if heads is not None else [""] * m
+    # the alternative itself counts toward the settled text and the row's length (+1)
+    crit = SettledStop(lm, settled, top, heads, [b + 1 for b in budgets])
+    if settled is not None:  # an alternative that settles the verdict by itself needs no continuation
+        crit.lengths = [1 if settled(h + lm.tokenizer.decode([int(a)], skip_special_tokens=True)) else None
+                        for h, a in zip(heads, alternatives, strict=True)]
+    gen = _greedy(lm, rows, mask, limit, stops, pid, settled=crit, **kw)
+    results: list[tuple[list[int], bool]] = []
+    for r in range(m):
+        n = crit.lengths[r]
+        seq = gen[r, top + 1 :].tolist()[: max(budgets[r], 0)]
+        seq, stopped = _trim(seq, stops, None if n is None else n - 1)
         results.append((seq, stopped))
     return results

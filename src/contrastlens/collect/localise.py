@@ -37,7 +37,7 @@ import torch
 
 from contrastlens.benchmarks.base import Benchmark, Item
 from contrastlens.cases.schema import Rollout
-from contrastlens.collect.generate import PrefixCache, rollout_batch, stop_ids
+from contrastlens.collect.generate import PrefixCache, rollout_rows, stop_ids
 from contrastlens.errors import InputError
 from contrastlens.models.loaded import LoadedModel
 
@@ -69,6 +69,7 @@ class Localiser:
         max_probes: int = 12,
         scan_probes: int | None = None,
         rollout_slack: int | None = None,
+        batch_rows: int = 32,
         sibling: LoadedModel | None = None,
         sibling_k: int = 10,
     ):
@@ -77,6 +78,7 @@ class Localiser:
         self.k, self.max_new_tokens, self.max_probes = k, max_new_tokens, max_probes
         self.scan_probes = max_probes if scan_probes is None else scan_probes
         self.rollout_slack = rollout_slack
+        self.batch_rows = batch_rows  # rollouts per batch when several positions are probed together
         self.sibling, self.sibling_k = sibling, sibling_k
         self.cache = PrefixCache(lm, self.prompt_ids + self.completion, keep=len(self.completion) + 1)
         self.n_rollouts = 0
@@ -84,6 +86,7 @@ class Localiser:
         self.excluded = set(stop_ids(lm)) | lm.special_ids()
         self._sib_logits: torch.Tensor | None = None
         self.search_notes: list[str] = []
+        self._verdicts: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ pieces
     def logits_at(self, p: int) -> torch.Tensor:
@@ -123,38 +126,57 @@ class Localiser:
 
     def probe(self, p: int, source: str = "model", only: list[int] | None = None) -> list[Rollout]:
         """Roll out the alternatives at ``p`` and score them (cached per position and source)."""
-        key = (p, source)
-        if key in self.probes:
-            return self.probes[key]
-        alts = self.alternatives(p, source)
-        if only is not None:
-            alts = [a for a in alts if a[1] in only]
-        if source == "sibling":  # skip what the model's own probe already tried
-            tried = {r.token_id for r in self.probes.get((p, "model"), [])}
-            alts = [a for a in alts if a[1] not in tried]
-        prefix = self.prompt_ids + self.completion[:p]
-        budget = self.max_new_tokens - p - 1
-        if self.rollout_slack is not None:  # a rescue is about as long as the completion; loops are cut
-            budget = min(budget, len(self.completion) - p - 1 + self.rollout_slack)
+        return self.probe_many([p], source, only)[0]
+
+    def probe_many(self, positions: list[int], source: str = "model", only: list[int] | None = None
+                   ) -> list[list[Rollout]]:
+        """:meth:`probe` at several positions, all rollouts in one batch (cached per position and source)."""
+        todo = [p for p in dict.fromkeys(positions) if (p, source) not in self.probes]
+        if not todo:
+            return [self.probes[(p, source)] for p in positions]
+        rows: list[tuple[int, tuple[int, int, float]]] = []
+        for p in todo:
+            alts = self.alternatives(p, source)
+            if only is not None:
+                alts = [a for a in alts if a[1] in only]
+            if source == "sibling":  # skip what the model's own probe already tried
+                tried = {r.token_id for r in self.probes.get((p, "model"), [])}
+                alts = [a for a in alts if a[1] not in tried]
+            rows += [(p, a) for a in alts]
         settled = self.bench.settled
-        head = self.lm.tokenizer.decode(self.completion[:p], skip_special_tokens=True) if settled else ""
-        gens = rollout_batch(self.lm, prefix, [a[1] for a in alts], max_new_tokens=budget, cache=self.cache,
-                             settled=settled, head=head)
-        self.n_rollouts += len(alts)
         tok = self.lm.tokenizer
-        out = []
-        for (rank, tid, logit), (gen, _stopped) in zip(alts, gens, strict=True):
+        heads = {p: tok.decode(self.completion[:p], skip_special_tokens=True) for p in todo}
+        gens = rollout_rows(
+            self.lm, self.prompt_ids + self.completion, [len(self.prompt_ids) + p for p, _ in rows],
+            [a[1] for _, a in rows], budgets=[self.budget(p) for p, _ in rows], cache=self.cache,
+            settled=settled, heads=[heads[p] if settled else "" for p, _ in rows])
+        self.n_rollouts += len(rows)
+        out: dict[int, list[Rollout]] = {p: [] for p in todo}
+        for (p, (rank, tid, logit)), (gen, _stopped) in zip(rows, gens, strict=True):
             new = [tid] + gen
-            text = tok.decode(self.completion[:p] + new, skip_special_tokens=True)
+            passed = self.passes(tok.decode(self.completion[:p] + new, skip_special_tokens=True))
+            out[p].append(Rollout(rank=rank, token_id=tid, token_str=tok.decode([tid]), logit=logit,
+                                  continuation=tok.decode(new, skip_special_tokens=True), passed=passed,
+                                  source=source))
+        for p in todo:
+            self.probes[(p, source)] = out[p]
+        return [self.probes[(p, source)] for p in positions]
+
+    def budget(self, p: int) -> int:
+        """Most tokens a rollout at ``p`` may generate after its alternative."""
+        b = self.max_new_tokens - p - 1
+        if self.rollout_slack is not None:  # a rescue is about as long as the completion; loops are cut
+            b = min(b, len(self.completion) - p - 1 + self.rollout_slack)
+        return b
+
+    def passes(self, text: str) -> bool:
+        """The checker's verdict on a rollout's full completion text (identical texts are scored once)."""
+        if text not in self._verdicts:
             try:
-                passed = bool(self.bench.score(self.item, text).passed)
+                self._verdicts[text] = bool(self.bench.score(self.item, text).passed)
             except InputError:
-                passed = False
-            out.append(Rollout(rank=rank, token_id=tid, token_str=tok.decode([tid]), logit=logit,
-                               continuation=tok.decode(new, skip_special_tokens=True), passed=passed,
-                               source=source))
-        self.probes[key] = out
-        return out
+                self._verdicts[text] = False
+        return self._verdicts[text]
 
     def rescuable(self, p: int, source: str = "model") -> bool:
         return any(r.passed for r in self.probe(p, source))
@@ -201,10 +223,14 @@ class Localiser:
             return self.rescuable(p, source)
 
         hi = n
-        for b in sorted({b for b in guided or [] if 0 <= b < n}, reverse=True):
-            if g(b):
-                return b
-            hi = min(hi, b)  # the break is earlier than where the checker saw it
+        marks = sorted({b for b in guided or [] if 0 <= b < n}, reverse=True)
+        if marks:  # all checker-guided positions in one batch; the latest rescuable one wins
+            budget[0] -= len(marks)
+            found = [b for b, rolls in zip(marks, self.probe_many(marks, source), strict=True)
+                     if any(r.passed for r in rolls)]
+            if found:
+                return max(found)
+            hi = min(marks)  # the break is earlier than where the checker saw it
         # binary search for the last rescuable position; lo = -1 means "none found yet" (the costly
         # probe at position 0, the longest rollout, is only made when every later probe fails)
         lo = -1
@@ -214,7 +240,7 @@ class Localiser:
                 lo = mid
             else:
                 hi = mid
-        if lo < 0 and hi >= 1 and (0, source) not in self.probes:
+        if lo < 0 and hi >= 1 and (0, source) not in self.probes and self.max_probes > 0:
             # every probe failed: the first token is the last candidate (one probe past the budget)
             if g(0):
                 lo = 0
@@ -225,19 +251,22 @@ class Localiser:
         return self.scan(source)
 
     def scan(self, source: str = "model") -> int | None:
-        """Uncertainty scan: probe up to ``scan_probes`` unprobed positions by ascending margin and return
-        the latest rescuable one (positions before one already found are skipped)."""
+        """Uncertainty scan: probe up to ``scan_probes`` unprobed positions by ascending margin, as many
+        per batch as ``batch_rows`` rollouts allow, and return the latest rescuable one (positions
+        before one already found are skipped)."""
         order = torch.argsort(self.margins()).tolist()
+        group = max(1, self.batch_rows // max(self.k, 1))
         found: int | None = None
         spent = 0
-        for p in order:
-            if spent >= self.scan_probes:
+        while spent < self.scan_probes:
+            take = [p for p in order if (p, source) not in self.probes and (found is None or p > found)]
+            take = take[: min(group, self.scan_probes - spent)]
+            if not take:
                 break
-            if (p, source) in self.probes or (found is not None and p < found):
-                continue
-            spent += 1
-            if self.rescuable(p, source):
-                found = p
+            spent += len(take)
+            for p, rolls in zip(take, self.probe_many(take, source), strict=True):
+                if any(r.passed for r in rolls):
+                    found = p if found is None else max(found, p)
         if found is not None:
             self.search_notes.append(
                 f"found by the uncertainty scan ({spent} positions probed by ascending top-1 margin); "

@@ -27,6 +27,7 @@ class CollectConfig:
     max_probes: int = 12
     scan_probes: int | None = None  # uncertainty-scan probes after a failed binary search (None: max_probes)
     rollout_slack: int | None = 64  # rollouts stop this many tokens past the completion's length (None: off)
+    batch_rows: int = 32  # rollouts per batch when several positions are probed together
     chat: bool = True
     regenerate: bool = False  # agent traces: generate instead of using the recorded completion
     sibling: LoadedModel | None = None
@@ -217,7 +218,7 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
     summ.failed += 1
     loc = Localiser(lm, bench, it, ids, comp_ids, k=cfg.k, max_new_tokens=max(cfg.max_new_tokens, len(comp_ids) + 1),
                     max_probes=cfg.max_probes, scan_probes=cfg.scan_probes,
-                    rollout_slack=cfg.rollout_slack, sibling=cfg.sibling)
+                    rollout_slack=cfg.rollout_slack, batch_rows=cfg.batch_rows, sibling=cfg.sibling)
     broke_tok, *hint_toks = chars_to_tokens(lm, comp_ids, [score.broke_at, *score.hints])
     guided = [t for t in [broke_tok, *hint_toks] if t is not None]
     if cfg.failure_index is not None:
