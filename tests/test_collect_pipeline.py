@@ -78,6 +78,8 @@ def test_rollouts_with_shared_prefix_cache_equal_plain_generation(lm):
     pc = PrefixCache(lm, full)
     p = len(ids) + 3
     alts = torch.topk(pc.logits[p - 1], 3).indices.tolist()
+    kv = pc.prefix(p, 3)  # the cache really is reused: cut to the prefix and repeated for the batch
+    assert kv is not None and kv.get_seq_length() == p and kv.layers[0].keys.shape[0] == 3
     cached = rollout_batch(lm, full[:p], alts, max_new_tokens=6, cache=pc)
     plain = rollout_batch(lm, full[:p], alts, max_new_tokens=6, cache=None)
     assert cached == plain

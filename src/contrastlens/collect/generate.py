@@ -211,17 +211,20 @@ class PrefixCache:
         return self.logits[pos - self.offset]
 
     def prefix(self, length: int, k: int):
-        """A fresh cache holding the first ``length`` tokens, repeated for a batch of ``k``."""
+        """A fresh cache holding the first ``length`` tokens, repeated for a batch of ``k``; None when the
+        cache cannot be cut that way (sliding-window layers keep only their window), and callers then
+        recompute the prefix."""
         if self.cache is None or not hasattr(self.cache, "crop"):
             return None
-        try:
-            c = copy.deepcopy(self.cache)
-            c.crop(length)
-            if k > 1:
-                c.batch_repeat_interleave(k)
-            return c
-        except Exception:  # pragma: no cover - cache class without crop/repeat
+        from transformers.cache_utils import DynamicLayer
+
+        if any(type(layer) is not DynamicLayer for layer in getattr(self.cache, "layers", [None])):
             return None
+        c = copy.deepcopy(self.cache)
+        c.crop(length - c.get_seq_length())  # a negative count: the number of tokens to drop
+        if k > 1:
+            c.batch_repeat_interleave(k)
+        return c
 
 
 @torch.no_grad()
