@@ -86,6 +86,8 @@ def test_humaneval_verdicts():
     s = b.score(it, crash)
     assert not s.passed and "NameError" in s.details["failure"]["error"]
     assert s.broke_at == crash.index("    return undefined_name")
+    # the region a token swap can matter in: the body, after the (prompt's) signature line
+    assert crash[slice(*s.region)] == "    x = 1\n    return undefined_name\n"
     syn = b.score(it, "```python\ndef add(a, b)\n    return a\n```")
     assert not syn.passed and "SyntaxError" in syn.details["error"]
     empty = b.score(it, "   ")

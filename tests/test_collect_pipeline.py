@@ -280,6 +280,10 @@ def test_settled_stops_generation_and_rollouts_where_the_verdict_is_fixed(lm):
     assert [full[p]] + gen == full[p:shortest] and st
 
 
+def order_all(marg):
+    return sorted(range(len(marg)), key=lambda q: marg[q])
+
+
 def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     """Only one alternative at one position passes, so rescuable positions are not a prefix of the
     completion and the binary search misses it; the scan probes by ascending margin and finds it."""
@@ -317,6 +321,11 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     assert many.search() == p
     shared = set(loc.probes) & set(many.probes)
     assert (p, "model") in shared and all(loc.probes[q] == many.probes[q] for q in shared)
+    # a region keeps the scan inside it (the checker's "where a change can matter")
+    inside = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=0, scan_probes=4,
+                       batch_rows=3)
+    inside.region = (p + 1, N_NEW)
+    assert inside.search() is None and [q for q, _ in inside.probes] == [q for q in order_all(marg) if q > p][:4]
     # with the scan off nothing is found; through the pipeline the case records the scan
     cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=0, progress=False)
     collect(lm, bench, [item], str(tmp_path / "off.jsonl"), cfg)

@@ -31,6 +31,9 @@ class Score:
     broke_at: int | None = None
     # further character offsets worth probing first (e.g. every character of a wrong final answer)
     hints: list[int] = field(default_factory=list)
+    # character span of the completion where a different token can change the verdict (e.g. a function's
+    # body); the uncertainty scan stays inside it. None: the whole completion
+    region: tuple[int, int] | None = None
 
 
 class ItemError(InputError):

@@ -132,7 +132,16 @@ class HumanEvalPlus(Benchmark):
         fail = p.get("base_failure") or p.get("plus_failure")
         details = {"base": base, "plus": plus_ok if base else None, "failure": fail}
         at = self._offset(completion, code_off, (fail or {}).get("line"), head_lines) if fail else None
-        return Score(base and plus_ok, details, at)
+        return Score(base and plus_ok, details, at, region=self._body(completion, d["entry_point"]))
+
+    @staticmethod
+    def _body(completion: str, entry_point: str) -> tuple[int, int]:
+        """Span of the code that can change the verdict: the code block from the line after the entry
+        point's ``def`` line (the signature is the prompt's), else from the block's start."""
+        code, off = extract_code(completion)
+        m = re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(.*?\)[^\n]*:[ \t]*\n", code, re.MULTILINE | re.DOTALL)
+        start = off + (m.end() if m else 0)
+        return start, off + len(code)
 
     @staticmethod
     def _offset(completion: str, code_off: int, line: int | None, head_lines: int) -> int | None:

@@ -79,6 +79,7 @@ class Localiser:
         self.scan_probes = max_probes if scan_probes is None else scan_probes
         self.rollout_slack = rollout_slack
         self.batch_rows = batch_rows  # rollouts per batch when several positions are probed together
+        self.region: tuple[int, int] | None = None  # token span the scan stays in (None: everything)
         self.sibling, self.sibling_k = sibling, sibling_k
         self.cache = PrefixCache(lm, self.prompt_ids + self.completion, keep=len(self.completion) + 1)
         self.n_rollouts = 0
@@ -251,10 +252,13 @@ class Localiser:
         return self.scan(source)
 
     def scan(self, source: str = "model") -> int | None:
-        """Uncertainty scan: probe up to ``scan_probes`` unprobed positions by ascending margin, as many
+        """Uncertainty scan: probe up to ``scan_probes`` unprobed positions (inside ``region`` when the
+        checker gave one) by ascending margin, as many
         per batch as ``batch_rows`` rollouts allow, and return the latest rescuable one (positions
         before one already found are skipped)."""
         order = torch.argsort(self.margins()).tolist()
+        if self.region is not None:
+            order = [p for p in order if self.region[0] <= p < self.region[1]]
         group = max(1, self.batch_rows // max(self.k, 1))
         found: int | None = None
         spent = 0

@@ -219,7 +219,12 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
     loc = Localiser(lm, bench, it, ids, comp_ids, k=cfg.k, max_new_tokens=max(cfg.max_new_tokens, len(comp_ids) + 1),
                     max_probes=cfg.max_probes, scan_probes=cfg.scan_probes,
                     rollout_slack=cfg.rollout_slack, batch_rows=cfg.batch_rows, sibling=cfg.sibling)
-    broke_tok, *hint_toks = chars_to_tokens(lm, comp_ids, [score.broke_at, *score.hints])
+    reg = score.region
+    broke_tok, *hint_toks = chars_to_tokens(lm, comp_ids, [score.broke_at, *score.hints,
+                                                           *(reg if reg is not None else ())])
+    if reg is not None:
+        *hint_toks, r0, r1 = hint_toks
+        loc.region = (r0 if r0 is not None else 0, r1 if r1 is not None else len(comp_ids))
     guided = [t for t in [broke_tok, *hint_toks] if t is not None]
     if cfg.failure_index is not None:
         contrast = None
