@@ -74,6 +74,19 @@ def test_code_extraction():
     assert prog.startswith(TASK["prompt"] + "    pass\n\ndef add(a, b):") and head == TASK["prompt"].count("\n") + 2
     prog, head, _ = build_program(TASK["prompt"], "add", "    return a + b\n")
     assert prog == TASK["prompt"] + "    return a + b\n"
+    # a plain completion of the body (--no-chat) ends at its first unindented line
+    assert extract_code("    return a + b\n\nprint(add(1, 2))\n") == ("    return a + b\n\n", 0)
+
+
+def test_humaneval_plain_completion_setting():
+    from contrastlens.collect.pipeline import render_prompt
+
+    b = get_benchmark("humaneval")
+    it = Item("T_0", TASK)
+    assert render_prompt(None, b.messages(it), chat=False, plain=b.plain_prompt(it)) == TASK["prompt"]
+    assert not b.settled("    return a + b\n") and b.settled("    return a + b\n\nprint(")
+    assert b.score(it, "    return a + b\n\nprint(add(1, 2))").passed  # the trailing script is not code
+    assert not b.score(it, "    return a - b\n").passed
 
 
 def test_humaneval_verdicts():

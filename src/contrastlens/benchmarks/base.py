@@ -113,6 +113,11 @@ class Benchmark:
     def messages(self, item: Item) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def plain_prompt(self, item: Item) -> str | None:
+        """The prompt without a chat template (``--no-chat``), when the benchmark has a native one (HumanEval:
+        the function to complete); None: the messages' contents joined."""
+        return None
+
     def score(self, item: Item, completion: str) -> Score:
         raise NotImplementedError
 

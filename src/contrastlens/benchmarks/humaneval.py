@@ -69,12 +69,17 @@ print(json.dumps(res))
 _CLOSED_BLOCK = re.compile(r"```(?:python|py|Python)?[ \t]*\n.*?```", re.DOTALL)
 
 
+_BODY_END = re.compile(r"^(?:    |\t)[^\n]*\n+(?=[^\s])", re.MULTILINE)
+
+
 def extract_code(completion: str) -> tuple[str, int]:
-    """The code of a completion (first fenced block, else the whole text) and its offset."""
+    """The code of a completion (the first fenced block, else the text up to its first unindented line
+    after an indented one) and its offset."""
     m = re.search(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", completion, re.DOTALL)
     if m:
         return m.group(1), m.start(1)
-    return completion, 0
+    end = _BODY_END.search(completion)  # a plain completion ends at its first unindented line
+    return (completion[: end.end()] if end else completion), 0
 
 
 def build_program(prompt: str, entry_point: str, completion: str) -> tuple[str, int, int]:
@@ -106,6 +111,9 @@ class HumanEvalPlus(Benchmark):
 
     def messages(self, item):
         return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{item.data['prompt']}```"}]
+
+    def plain_prompt(self, item):
+        return item.data["prompt"]  # the model writes the body (the usual HumanEval completion setting)
 
     def score(self, item, completion):
         d = item.data
@@ -158,8 +166,11 @@ class HumanEvalPlus(Benchmark):
         return pos if pos < len(completion) else None
 
     def settled(self, text):
-        # the checker reads the first fenced block only: once it has closed, nothing later counts
-        return _CLOSED_BLOCK.search(text) is not None
+        # the checker reads the first fenced block only: once it has closed, nothing later counts; a plain
+        # completion of the function (no fence, `--no-chat`) ends at its first unindented line
+        if _CLOSED_BLOCK.search(text) is not None:
+            return True
+        return "```" not in text and _BODY_END.search(text) is not None
 
     def segments(self, item, prompt):
         i = locate(prompt, INSTRUCTION)

@@ -85,9 +85,13 @@ class Summary:
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def render_prompt(lm: LoadedModel, messages: list[dict[str, Any]], chat: bool) -> str:
+def render_prompt(lm: LoadedModel, messages: list[dict[str, Any]], chat: bool, plain: str | None = None) -> str:
+    """The chat-templated prompt; without ``chat``, the benchmark's ``plain`` prompt if it has one, else
+    the messages' contents joined."""
     if chat:
         return lm.apply_chat_template(messages)
+    if plain is not None:
+        return plain
     return "\n\n".join(str(m["content"]) for m in messages)
 
 
@@ -145,7 +149,7 @@ def collect(
         for it in batch:
             try:
                 msgs = bench.messages(it)
-                prompt = render_prompt(lm, msgs, cfg.chat)
+                prompt = render_prompt(lm, msgs, cfg.chat, None if cfg.chat else bench.plain_prompt(it))
                 ids = lm.encode(prompt, add_special_tokens=not cfg.chat)
                 lm.check_prompt(ids)
                 prepared.append((it, msgs, prompt, ids))
