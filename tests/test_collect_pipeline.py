@@ -323,8 +323,7 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
     assert (p, "model") in shared and all(loc.probes[q] == many.probes[q] for q in shared)
     # a region keeps the scan inside it (the checker's "where a change can matter")
     inside = Localiser(lm, bench, item, ids, comp, k=3, max_new_tokens=N_NEW, max_probes=0, scan_probes=4,
-                       batch_rows=3)
-    inside.region = (p + 1, N_NEW)
+                       batch_rows=3, region=(p + 1, N_NEW))
     assert inside.search() is None and [q for q, _ in inside.probes] == [q for q in order_all(marg) if q > p][:4]
     # with the scan off nothing is found; through the pipeline the case records the scan
     cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=0, progress=False)

@@ -10,17 +10,23 @@ from contrastlens.errors import InputError
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-def last_boxed(text: str) -> tuple[str, int] | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, and the content's
-    offset."""
-    best = None
+def _closed_boxes(text: str):
+    """``(content_start, content_end)`` of each ``\\boxed{...}`` / ``\\fbox{...}`` whose braces close."""
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, i = 1, m.end()
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            best = (text[m.end() : i - 1], m.end())
+            yield m.end(), i - 1
+
+
+def last_boxed(text: str) -> tuple[str, int] | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, and the content's
+    offset."""
+    best = None
+    for start, end in _closed_boxes(text):
+        best = (text[start:end], start)
     if best is None:
         plain = list(re.finditer(r"\\boxed (\S+)", text))
         if plain:
@@ -30,14 +36,7 @@ def last_boxed(text: str) -> tuple[str, int] | None:
 
 def closed_boxed(text: str) -> bool:
     """True once the text holds a ``\\boxed{...}`` whose braces have closed."""
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return True
-    return False
+    return next(_closed_boxes(text), None) is not None
 
 
 _PLAIN = [

@@ -264,8 +264,8 @@ def rollout_rows(
 
     Every row holds ``ids[:max(starts)]`` (one cropped copy of ``cache``, no new prefill) and masks out
     its tokens from ``starts[r]`` on, so its alternative sits right after its own prefix (positions come
-    from the mask). Decoding is memory-bound on a CPU, so a batch of many rows costs little more than
-    one of k. Returns per row the ids generated after the alternative and whether the model stopped by
+    from the mask). Batching rows pays on a CPU: with SmolLM2-135M one decoding step for 32 rows took
+    about twice as long as one for 8. Returns per row the ids generated after the alternative and whether the model stopped by
     itself (a stop token or ``settled(heads[r] + text)``)."""
     m = len(alternatives)
     if m == 0:

@@ -70,6 +70,7 @@ class Localiser:
         scan_probes: int | None = None,
         rollout_slack: int | None = None,
         batch_rows: int = 32,
+        region: tuple[int, int] | None = None,
         sibling: LoadedModel | None = None,
         sibling_k: int = 10,
     ):
@@ -79,7 +80,7 @@ class Localiser:
         self.scan_probes = max_probes if scan_probes is None else scan_probes
         self.rollout_slack = rollout_slack
         self.batch_rows = batch_rows  # rollouts per batch when several positions are probed together
-        self.region: tuple[int, int] | None = None  # token span the scan stays in (None: everything)
+        self.region = region  # token span [start, end) the scan stays in (None: everything)
         self.sibling, self.sibling_k = sibling, sibling_k
         self.cache = PrefixCache(lm, self.prompt_ids + self.completion, keep=len(self.completion) + 1)
         self.n_rollouts = 0
@@ -325,10 +326,11 @@ def chars_to_tokens(lm: LoadedModel, completion_ids: list[int], chars: list[int 
     if not want:
         return [None] * len(chars)
     tok = lm.tokenizer
+    last = max(want)
     ends: list[int] = []
     for i in range(len(completion_ids)):
         ends.append(len(tok.decode(completion_ids[: i + 1], skip_special_tokens=True)))
-        if ends[-1] > max(want):
+        if ends[-1] > last:
             break
     return [None if c is None else next((i for i, e in enumerate(ends) if e > c), None) for c in chars]
 

@@ -220,16 +220,17 @@ def _one(lm, bench, it, msgs, prompt, ids, comp_ids, stopped, cfg, store, summ, 
         store.mark(it.id, "passed")
         return
     summ.failed += 1
+    # the checker's character offsets as completion tokens (one decoding pass for all of them)
+    marks = [score.broke_at, *score.hints]
+    toks = chars_to_tokens(lm, comp_ids, marks + list(score.region or ()))
+    broke_tok, guided = toks[0], [t for t in toks[: len(marks)] if t is not None]
+    region = None
+    if score.region is not None:
+        r0, r1 = toks[len(marks) :]
+        region = (0 if r0 is None else r0, len(comp_ids) if r1 is None else r1)
     loc = Localiser(lm, bench, it, ids, comp_ids, k=cfg.k, max_new_tokens=max(cfg.max_new_tokens, len(comp_ids) + 1),
-                    max_probes=cfg.max_probes, scan_probes=cfg.scan_probes,
-                    rollout_slack=cfg.rollout_slack, batch_rows=cfg.batch_rows, sibling=cfg.sibling)
-    reg = score.region
-    broke_tok, *hint_toks = chars_to_tokens(lm, comp_ids, [score.broke_at, *score.hints,
-                                                           *(reg if reg is not None else ())])
-    if reg is not None:
-        *hint_toks, r0, r1 = hint_toks
-        loc.region = (r0 if r0 is not None else 0, r1 if r1 is not None else len(comp_ids))
-    guided = [t for t in [broke_tok, *hint_toks] if t is not None]
+                    max_probes=cfg.max_probes, scan_probes=cfg.scan_probes, rollout_slack=cfg.rollout_slack,
+                    batch_rows=cfg.batch_rows, region=region, sibling=cfg.sibling)
     if cfg.failure_index is not None:
         contrast = None
         if cfg.contrast is not None:
