@@ -1,7 +1,12 @@
 import functools
+import os
+from pathlib import Path
 
 import pytest
 import torch
+
+# the benchmark files (not shipped with the package) lie beside the repository
+os.environ.setdefault("CONTRASTLENS_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "olmo2", "olmo3", "gpt2")
 PROMPT = "The capital of France is Paris, and the capital of Italy is"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from contrastlens.benchmarks import Item, get_benchmark
@@ -11,7 +13,8 @@ pytest.importorskip("math_verify")
 
 @pytest.fixture
 def data_dir():
-    d = default_data_dir()
+    # $CONTRASTLENS_DATA, else the data folder next to the checkout (there is no built-in default any more)
+    d = default_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (d / "ifeval_input_data.jsonl").exists():
         pytest.skip("benchmark data not found (set CONTRASTLENS_DATA)")
     return d

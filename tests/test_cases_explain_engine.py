@@ -9,7 +9,7 @@ from contrastlens.cli.main import main
 @pytest.fixture(scope="module")
 def case_file(tmp_path_factory):
     from contrastlens.benchmarks import Benchmark, Item, Score
-    from contrastlens.collect.pipeline import CollectConfig, collect
+    from contrastlens.collect import CollectResources, CollectSettings, collect
 
     lm = cl.load_model("random:llama")
 
@@ -26,10 +26,11 @@ def case_file(tmp_path_factory):
     ids = lm.encode(lm.apply_chat_template("Name a fruit."), add_special_tokens=False)
     from contrastlens.collect.generate import generate_greedy
 
-    comp, _ = generate_greedy(lm, [ids], max_new_tokens=8)[0]
+    comp = generate_greedy(lm, [ids], max_new_tokens=8)[0].ids
     bench.bad = lm.tokenizer.decode(comp[:3], skip_special_tokens=True)
     out = tmp_path_factory.mktemp("cases") / "c.jsonl"
-    collect(lm, bench, [Item("a", {})], str(out), CollectConfig(max_new_tokens=8, k=2, progress=False))
+    collect(CollectSettings(max_new_tokens=8, top_k=2, progress=False), CollectResources(lm), bench, str(out),
+            items=[Item("a", {})])
     return lm, out
 
 

@@ -92,27 +92,18 @@ def test_torn_last_line_is_repaired_and_resume_state(tmp_path):
     assert not CaseStore(f, resume=False).is_done("1")
 
 
-def test_explain_case_builds_ids_and_calls_the_engine(monkeypatch):
-    import sys
-    import types
-
-    from contrastlens.cases.explain import case_inputs, explain_case
+def test_case_attribution_inputs_are_its_ids_target_and_contrast(random_lm):
+    from contrastlens.attribution.spec import Explainable
+    from contrastlens.cases.explain import case_inputs
 
     c = make_case()
+    assert isinstance(c, Explainable)
     assert case_inputs(c) == ([5, 6, 10], 11, 13)
-    calls = []
-    fake = types.ModuleType("contrastlens.attribution.explain")
-    fake.explain = lambda lm, prompt, target, contrast, **kw: calls.append((prompt, target, contrast, kw)) or "ex"
-    monkeypatch.setitem(sys.modules, "contrastlens.attribution.explain", fake)
-
-    class LM:
-        vocab_size = 100
-        source = "random:qwen3"
-
-    assert explain_case(LM(), c, rule="attnlrp") == "ex"
-    assert calls == [([5, 6, 10], 11, 13, {"rule": "attnlrp", "chat": False})]
+    inp = c.attribution_inputs(random_lm("qwen3"))
+    assert (inp.ids, inp.target_id, inp.contrast_id, inp.label) == ([5, 6, 10], 11, 13, "case t-1")
+    assert inp.provenance is None  # a case without provenance (schema version 1)
     with pytest.raises(InputError, match="not localised"):
         case_inputs(make_case(status="unlocalised", clean=False, failure_index=None))
-    LM.vocab_size = 8
+    big = make_case(prompt_ids=[5, 10**6])
     with pytest.raises(InputError, match="different tokenizer"):
-        explain_case(LM(), c)
+        cl.explain(random_lm("qwen3"), big)

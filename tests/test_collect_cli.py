@@ -50,10 +50,10 @@ def test_collect_cli_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_filter_matches_scalars_and_lists():
-    from contrastlens.cli.collect import _matches
+    from contrastlens.benchmarks.select import matches
 
-    assert _matches(1, {"1", "2"}) and not _matches(3, {"1", "2"})
-    assert _matches(["a:x", "b:y"], {"b:y"}) and not _matches(["a:x"], {"b:y"})
+    assert matches(1, {"1", "2"}) and not matches(3, {"1", "2"})
+    assert matches(["a:x", "b:y"], {"b:y"}) and not matches(["a:x"], {"b:y"})
 
 
 def test_http_judge_speaks_openai_chat_completions():

@@ -8,8 +8,8 @@ import torch
 
 from contrastlens.benchmarks import Benchmark, Item, Score
 from contrastlens.cases.io import load_cases
+from contrastlens.collect import CollectResources, CollectSettings, collect
 from contrastlens.collect.generate import PrefixCache, generate_greedy, rollout_batch, rollout_rows
-from contrastlens.collect.pipeline import CollectConfig, collect
 from contrastlens.errors import InputError
 from contrastlens.models.loading import load_model
 
@@ -102,8 +102,8 @@ def _top_alternative(lm, ids, comp, p):
 def test_binary_search_finds_the_exact_failure_token(lm, tmp_path):
     ids, comp, bad = _bad_prefix(lm, 0, 5)
     bench = PrefixBench(bad_prefix={"0": bad})
-    cfg = CollectConfig(max_new_tokens=N_NEW, batch_size=2, k=3, progress=False)
-    summ = collect(lm, bench, bench.load()[0][:1], str(tmp_path / "c.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, batch_size=2, top_k=3, progress=False)
+    summ = collect(cfg, CollectResources(lm), bench, str(tmp_path / "c.jsonl"), items=bench.load()[0][:1])
     (case,) = load_cases(tmp_path / "c.jsonl")
     assert case.status == "localised" and case.method == "rollout"
     assert case.failure_index == 5 and case.target_id == comp[5]
@@ -126,8 +126,8 @@ def test_checker_guided_probe_costs_one_batch(lm, tmp_path):
     ids, comp, bad = _bad_prefix(lm, 1, 4)
     broke = len(lm.tokenizer.decode(comp[:4], skip_special_tokens=True))
     bench = PrefixBench(bad_prefix={"1": bad}, broke={"1": broke})
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, progress=False)
-    collect(lm, bench, bench.load()[0][1:2], str(tmp_path / "c.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=3, progress=False)
+    collect(cfg, CollectResources(lm), bench, str(tmp_path / "c.jsonl"), items=bench.load()[0][1:2])
     (case,) = load_cases(tmp_path / "c.jsonl")
     assert case.failure_index == 4 and case.n_positions == 1 and case.n_rollouts == 3
 
@@ -142,8 +142,8 @@ def test_sibling_fallback(lm, tmp_path):
     want = lm.tokenizer.decode(comp[:3] + [x], skip_special_tokens=True)
     broke = len(lm.tokenizer.decode(comp[:3], skip_special_tokens=True))
     bench = PrefixBench(want={"2": want}, broke={"2": broke})
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=1, max_probes=4, sibling=sib, progress=False)
-    collect(lm, bench, bench.load()[0][2:3], str(tmp_path / "c.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=1, max_probes=4, progress=False)
+    collect(cfg, CollectResources(lm, sibling=sib), bench, str(tmp_path / "c.jsonl"), items=bench.load()[0][2:3])
     (case,) = load_cases(tmp_path / "c.jsonl")
     assert case.method == "sibling" and case.failure_index == 3 and case.contrast_id == x
     assert any(r.source == "sibling" and r.passed for r in case.rollouts)
@@ -157,20 +157,20 @@ def test_judge_and_manual_fallbacks(lm, tmp_path):
         asked.append(json.loads(payload))
         return 'Sure: {"error_token": "x", "token_index": 2, "explanation": "wrong"}'
 
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, max_probes=3, judge=judge, progress=False)
-    collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "j.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=2, max_probes=3, progress=False)
+    collect(cfg, CollectResources(lm, judge=judge), bench, str(tmp_path / "j.jsonl"), items=bench.load()[0][3:4])
     (case,) = load_cases(tmp_path / "j.jsonl")
     assert case.method == "judge" and case.failure_index == 2
     assert "[0]" in asked[0]["indexed_completion"] and asked[0]["completion"] == case.completion
     assert any("no alternative passed" in n for n in case.notes)
 
     ids, comp = greedy(lm, 3)
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, failure_index=1, contrast=comp[1] + 1, progress=False)
-    collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "m.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=2, failure_index=1, contrast=comp[1] + 1, progress=False)
+    collect(cfg, CollectResources(lm), bench, str(tmp_path / "m.jsonl"), items=bench.load()[0][3:4])
     (case,) = load_cases(tmp_path / "m.jsonl")
     assert case.method == "manual" and case.failure_index == 1 and case.contrast_id == comp[1] + 1
-    cfg = CollectConfig(max_new_tokens=N_NEW, failure_index=1, contrast=comp[1], progress=False)
-    summ = collect(lm, bench, bench.load()[0][3:4], str(tmp_path / "m2.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, failure_index=1, contrast=comp[1], progress=False)
+    summ = collect(cfg, CollectResources(lm), bench, str(tmp_path / "m2.jsonl"), items=bench.load()[0][3:4])
     assert summ.skipped and "contrast equals" in next(iter(summ.skipped))
 
 
@@ -187,8 +187,9 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(lm, tmp_path):
     bench = _full_bench(lm)
     items = bench.load()[0]
     ref_file = tmp_path / "ref.jsonl"
-    ref = collect(lm, bench, items, str(ref_file), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3,
-                                                                 progress=False))
+    settings = CollectSettings(max_new_tokens=N_NEW, top_k=2, batch_size=3, progress=False)
+    res = CollectResources(lm)
+    ref = collect(settings, res, bench, str(ref_file), items=items)
     f = tmp_path / "c.jsonl"
 
     class Stop(Exception):
@@ -199,14 +200,13 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(lm, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3, progress=False,
-                                                        on_item=boom))
+        collect(settings, res, bench, str(f), items=items, on_item=boom)
     partial = load_cases(f)
     assert 0 < len(partial) < len(load_cases(ref_file))
     # simulate a kill in the middle of writing a line
     with open(f, "a") as fh:
         fh.write('{"schema_version": 1, "id": "torn')
-    summ = collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, k=2, batch_size=3, progress=False))
+    summ = collect(settings, res, bench, str(f), items=items)
     got = load_cases(f)
     want = load_cases(ref_file)
     assert [c.item_id for c in got] == [c.item_id for c in want]
@@ -216,7 +216,7 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(lm, tmp_path):
     assert (summ.passed, summ.failed, summ.localised) == (ref.passed, ref.failed, ref.localised) == (1, 5, 5)
     assert summ.skipped == ref.skipped and sum(summ.skipped.values()) == 1
     # a third run does nothing
-    again = collect(lm, bench, items, str(f), CollectConfig(max_new_tokens=N_NEW, progress=False))
+    again = collect(CollectSettings(max_new_tokens=N_NEW, progress=False), res, bench, str(f), items=items)
     assert again.resumed == len(items) and again.generated == 0 and len(load_cases(f)) == len(got)
 
 
@@ -231,10 +231,11 @@ def test_bad_items_are_skipped_with_reasons(lm, tmp_path):
     items = bench.load()[0][:3]
     no_template = load_model("random:qwen3")
     no_template.tokenizer.chat_template = None
-    summ = collect(no_template, bench, items, str(tmp_path / "a.jsonl"), CollectConfig(max_new_tokens=4, progress=False))
+    summ = collect(CollectSettings(max_new_tokens=4, progress=False), CollectResources(no_template), bench,
+                   str(tmp_path / "a.jsonl"), items=items)
     assert sum(summ.skipped.values()) == 3 and "chat template" in summ.skipped
-    summ = collect(lm, bench, items, str(tmp_path / "b.jsonl"),
-                   CollectConfig(max_new_tokens=4, k=2, max_probes=2, progress=False))
+    summ = collect(CollectSettings(max_new_tokens=4, top_k=2, max_probes=2, progress=False), CollectResources(lm),
+                   bench, str(tmp_path / "b.jsonl"), items=items)
     assert summ.skipped == {"missing field": 1, "item 1: code hangs": 1}
     assert summ.failed == 1 and summ.localised == 0
     (case,) = load_cases(tmp_path / "b.jsonl")
@@ -248,15 +249,16 @@ def test_empty_completion_is_skipped(lm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl, "generate_greedy", lambda lm, prompts, **kw: [([], True) for _ in prompts])
     bench = PrefixBench()
-    summ = collect(lm, bench, bench.load()[0][:2], str(tmp_path / "e.jsonl"), CollectConfig(progress=False))
+    summ = collect(CollectSettings(progress=False), CollectResources(lm), bench, str(tmp_path / "e.jsonl"),
+                   items=bench.load()[0][:2])
     assert summ.skipped == {"empty completion": 2}
 
 
 def test_first_token_is_probed_even_when_the_budget_is_spent(lm, tmp_path):
     ids, comp, bad = _bad_prefix(lm, 6, 0)
     bench = PrefixBench(bad_prefix={"6": bad})
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=2, max_probes=2, progress=False)
-    collect(lm, bench, bench.load()[0][6:7], str(tmp_path / "c.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=2, max_probes=2, progress=False)
+    collect(cfg, CollectResources(lm), bench, str(tmp_path / "c.jsonl"), items=bench.load()[0][6:7])
     (case,) = load_cases(tmp_path / "c.jsonl")
     assert case.failure_index == 0 and case.n_positions == 3
     assert any("boundary lies in tokens [0, " in n for n in case.notes)
@@ -326,11 +328,11 @@ def test_uncertainty_scan_finds_a_lone_rescuable_position(lm, tmp_path):
                        batch_rows=3, region=(p + 1, N_NEW))
     assert inside.search() is None and [q for q, _ in inside.probes] == [q for q in order_all(marg) if q > p][:4]
     # with the scan off nothing is found; through the pipeline the case records the scan
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=0, progress=False)
-    collect(lm, bench, [item], str(tmp_path / "off.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=3, max_probes=2, scan_probes=0, progress=False)
+    collect(cfg, CollectResources(lm), bench, str(tmp_path / "off.jsonl"), items=[item])
     assert load_cases(tmp_path / "off.jsonl")[0].status == "unlocalised"
-    cfg = CollectConfig(max_new_tokens=N_NEW, k=3, max_probes=2, scan_probes=N_NEW, progress=False)
-    collect(lm, bench, [item], str(tmp_path / "on.jsonl"), cfg)
+    cfg = CollectSettings(max_new_tokens=N_NEW, top_k=3, max_probes=2, scan_probes=N_NEW, progress=False)
+    collect(cfg, CollectResources(lm), bench, str(tmp_path / "on.jsonl"), items=[item])
     (case,) = load_cases(tmp_path / "on.jsonl")
     assert case.failure_index == p and case.contrast_id == alts[0] and case.method == "rollout"
     assert any("uncertainty scan" in n for n in case.notes)
@@ -366,3 +368,4 @@ def test_rollouts_at_many_positions_in_one_batch_equal_one_position_at_a_time(lm
     for (gen, st), s, a, b in zip(got, starts, alts, budgets, strict=True):
         ((want, wst),) = rollout_batch(lm, full[:s], [a], max_new_tokens=b, cache=None)
         assert gen == want and st == wst
+

@@ -20,7 +20,7 @@ _LAZY: dict[str, str] = {
     "explain": "contrastlens.attribution.explain",
     "Explanation": "contrastlens.attribution.explanation",
     "apply_rules": "contrastlens.rules.context",
-    "check_coverage": "contrastlens.rules.coverage",
+    "check_coverage": "contrastlens.attribution.coverage",
     "OBJECTIVES": "contrastlens.objectives.registry",
     "register_objective": "contrastlens.objectives.registry",
     "get_adapter": "contrastlens.adapters.registry",
@@ -29,6 +29,9 @@ _LAZY: dict[str, str] = {
     "attribution_graph": "contrastlens.graph.build",
     "AttributionGraph": "contrastlens.graph.graph",
     "FailureCase": "contrastlens.cases.schema",
+    "AttributionSpec": "contrastlens.attribution.spec",
+    "Provenance": "contrastlens.provenance",
+    "ModelMismatchWarning": "contrastlens.provenance",
     "load_cases": "contrastlens.cases.io",
 }
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from contrastlens.adapters.base import ArchAdapter, BlockParts, NormSpec
 from contrastlens.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ADAPTERS: dict[str, ArchAdapter] = {}
 
 
-def register_adapter(adapter: ArchAdapter) -> ArchAdapter:
+def register_adapter(adapter: ArchAdapter, *, overwrite: bool = False) -> ArchAdapter:
+    """Register ``adapter`` for each of its ``model_types``. A model type that already has an adapter is an
+    error unless ``overwrite=True``."""
+    taken = [mt for mt in adapter.model_types if mt in ADAPTERS]
+    if taken and not overwrite:
+        raise UnsupportedArchitectureError(
+            f"model type(s) {', '.join(taken)} already registered (adapter {ADAPTERS[taken[0]].name!r}); "
+            "pass overwrite=True to replace"
+        )
     for mt in adapter.model_types:
         ADAPTERS[mt] = adapter
     return adapter
@@ -18,7 +31,7 @@ def supported_architectures() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def get_adapter(model_or_type) -> ArchAdapter:
+def get_adapter(model_or_type: nn.Module | str) -> ArchAdapter:
     """The adapter for a model (or a ``model_type`` string); a clear error for anything else."""
     model_type = model_or_type if isinstance(model_or_type, str) else _model_type(model_or_type)
     try:
@@ -30,7 +43,7 @@ def get_adapter(model_or_type) -> ArchAdapter:
         ) from None
 
 
-def _model_type(model) -> str:
+def _model_type(model: object) -> str:
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
     if mt is None:
@@ -41,15 +54,31 @@ def _model_type(model) -> str:
     return mt
 
 
+class _AttentionParts(TypedDict):
+    attention: str
+    q_proj: str
+    k_proj: str
+    v_proj: str
+    o_proj: str
+
+
+class _GatedMlpParts(TypedDict):
+    act: str
+    gate_proj: str
+    up_proj: str
+    down_proj: str
+    gate_product_consumer: str
+
+
 # Parts shared by the Llama-like families: separate q/k/v/o projections and a SwiGLU/GeGLU MLP.
-_SELF_ATTN = dict(
+_SELF_ATTN = _AttentionParts(
     attention="self_attn",
     q_proj="self_attn.q_proj",
     k_proj="self_attn.k_proj",
     v_proj="self_attn.v_proj",
     o_proj="self_attn.o_proj",
 )
-_GATED_MLP = dict(
+_GATED_MLP = _GatedMlpParts(
     act="mlp.act_fn",
     gate_proj="mlp.gate_proj",
     up_proj="mlp.up_proj",

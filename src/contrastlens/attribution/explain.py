@@ -3,71 +3,93 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from contrastlens import nodes
 from contrastlens.attribution.explanation import Explanation
 from contrastlens.attribution.logits import head_logits
-from contrastlens.attribution.taps import StateRecorder, layer_names
+from contrastlens.attribution.spec import AttributionSpec, Explainable
+from contrastlens.attribution.taps import StateRecorder
 from contrastlens.errors import InputError, NumericalError
 from contrastlens.models.loaded import LoadedModel
-from contrastlens.objectives.registry import ObjectiveSpec, get_objective
-from contrastlens.rules.context import apply_rules
-
-
-def _is_case(obj) -> bool:
-    return type(obj).__name__ == "FailureCase"
+from contrastlens.objectives.registry import ObjectiveSpec, get_objective, objective_params
+from contrastlens.provenance import ModelMismatchWarning, Provenance
+from contrastlens.rules.context import apply_rules, get_rule
 
 
 def explain(
     lm: LoadedModel,
-    prompt,
+    prompt: str | Sequence[int] | torch.Tensor | Explainable,
     target: int | str | None = None,
     contrast: int | str | None = None,
     *,
     objective: str = "logit_diff",
     rule: str = "attnlrp",
-    chat: bool = False,
-    position: int = -1,
+    chat: bool | None = None,
+    position: int | None = None,
     checkpointing: bool = False,
     keep_states: bool = False,
     add_special_tokens: bool | None = None,
-    k: int = 10,
-    rank: int = 2,
+    k: int | None = None,
+    rank: int | None = None,
+    on_model_mismatch: str = "warn",
 ) -> Explanation:
     """Explain the prediction at ``position`` (default: the last token) of ``prompt``.
 
-    ``prompt`` is a string, a list of token ids (used verbatim) or a ``FailureCase``. ``target`` and
-    ``contrast`` are token ids or strings that are exactly one token in context. The objective (see
-    ``contrastlens.objectives``) defaults to Δℓ = ℓ(target) − ℓ(contrast). Returns an
-    :class:`Explanation` with input, per-layer and mid-block relevance.
-    """
-    if _is_case(prompt):
-        from contrastlens.cases.explain import explain_case
+    ``prompt`` is a string, a list of token ids (used verbatim) or an :class:`Explainable` object such as a
+    ``FailureCase``, which fixes its own ids, target and contrast (passing ``target``, ``contrast``,
+    ``chat``, ``position`` or ``add_special_tokens`` with it is an error). ``target`` and ``contrast`` are
+    token ids or strings that are exactly one token in context. The objective (see
+    ``contrastlens.objectives``) defaults to Δℓ = ℓ(target) − ℓ(contrast); ``k`` (``topk_avg``) and ``rank``
+    (``contrast_rank``) are objective parameters, an error with an objective that does not take them.
+    A case made with a model whose weight fingerprint differs from ``lm``'s gives a
+    :class:`~contrastlens.provenance.ModelMismatchWarning` (``on_model_mismatch="warn"``, the default, for
+    cross-model comparisons), an :class:`InputError` (``"error"``) or nothing (``"ignore"``).
 
-        return explain_case(lm, prompt, objective=objective, rule=rule, position=position,
-                            checkpointing=checkpointing, keep_states=keep_states, k=k, rank=rank)
-    prep = prepare_inputs(lm, prompt, target, contrast, chat=chat, position=position,
+    Returns an :class:`Explanation` with input, per-layer and mid-block relevance, its resolved
+    :class:`AttributionSpec` (``ex.spec``) and its provenance (``ex.provenance``).
+    """
+    if on_model_mismatch not in ("warn", "error", "ignore"):
+        raise InputError(f"on_model_mismatch must be warn, error or ignore, not {on_model_mismatch!r}")
+    params = objective_params(objective, {"k": k, "rank": rank})
+    rule_name = get_rule(rule).name
+    segments: dict[str, list[tuple[int, int]]] = {}
+    if isinstance(prompt, Explainable):
+        given = [name for name, v in (("target", target), ("contrast", contrast), ("chat", chat),
+                                      ("position", position), ("add_special_tokens", add_special_tokens))
+                 if v is not None]
+        inputs = prompt.attribution_inputs(lm)
+        if given:
+            raise InputError(f"{inputs.label} fixes its own prompt, target and contrast; do not pass "
+                             f"{', '.join(g + '=' for g in given)}")
+        check_model(lm, inputs.provenance, what=inputs.label, on_mismatch=on_model_mismatch)
+        prompt, target, contrast, segments = inputs.ids, inputs.target_id, inputs.contrast_id, inputs.segments
+    prep = prepare_inputs(lm, prompt, target, contrast, chat=bool(chat), position=-1 if position is None else position,
                           add_special_tokens=add_special_tokens)
     ids, pos, n, text = prep.ids, prep.position, len(prep.ids), prep.text
     model, adapter = lm.model, lm.adapter
     rec = StateRecorder(keep_states=keep_states)
     t0 = time.perf_counter()
-    with _objective_graph(lm, prep, rule=rule, objective=objective, checkpointing=checkpointing,
-                          recorder=rec, k=k, rank=rank) as fwd:
+    with _objective_graph(lm, prep, rule=rule_name, objective=objective, checkpointing=checkpointing,
+                          recorder=rec, params=params) as fwd:
         (g_emb,) = torch.autograd.grad(fwd.score, fwd.emb)
-    spec, u, const, logits, score, emb = fwd.spec, fwd.u, fwd.const, fwd.logits, fwd.score, fwd.emb
+    obj, u, const, logits, score, emb = fwd.spec, fwd.u, fwd.const, fwd.logits, fwd.score, fwd.emb
     elapsed = time.perf_counter() - t0
     if not torch.isfinite(g_emb).all():
         raise NumericalError("the backward pass produced NaN/inf relevance; try float32 (--dtype float32)")
 
     L = adapter.num_layers(model)
     zeros = torch.zeros(n)
-    layer_rel = torch.stack([rec.relevance.get("emb", zeros)] + [rec.relevance.get(str(i), zeros) for i in range(L)])
-    mid_rel = torch.stack([rec.relevance.get(f"{i}.mid", zeros) for i in range(L)])
+    layer_rel = torch.stack([rec.relevance.get(nodes.EMB, zeros)]
+                            + [rec.relevance.get(nodes.post(i), zeros) for i in range(L)])
+    mid_rel = torch.stack([rec.relevance.get(nodes.mid(i), zeros) for i in range(L)])
     input_rel = (emb.detach()[0].float() * g_emb[0].float()).sum(-1)
     fn = adapter.final_norm_module(model)
     bias = getattr(fn, "bias", None)
@@ -75,16 +97,17 @@ def explain(
     top = torch.topk(logits, min(10, logits.numel()))
     tok = lm.tokenizer
     specials = lm.special_ids()
+    spec = AttributionSpec(
+        target_id=obj.target_id, contrast_id=obj.contrast_id, position=pos, objective=obj.name,
+        objective_params=tuple(params.items()), rule=rule_name, dtype=lm.dtype_name,
+        attn_implementation=lm.attn_implementation,
+    )
     ex = Explanation(
         source=lm.source,
-        rule=rule,
-        objective=spec.name,
-        objective_description=spec.description,
-        target_id=spec.target_id,
-        contrast_id=spec.contrast_id,
-        target_str=tok.decode([spec.target_id]),
-        contrast_str=tok.decode([spec.contrast_id]) if spec.contrast_id is not None else None,
-        position=pos,
+        spec=spec,
+        objective_description=obj.description,
+        target_str=tok.decode([obj.target_id]),
+        contrast_str=tok.decode([obj.contrast_id]) if obj.contrast_id is not None else None,
         input_ids=ids,
         tokens=lm.decode_tokens(ids),
         special_mask=[i in specials for i in ids],
@@ -95,12 +118,26 @@ def explain(
         layer_relevance=layer_rel.detach().cpu().numpy(),
         mid_relevance=mid_rel.detach().cpu().numpy(),
         top_logits=[(int(i), tok.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)],
-        meta={"dtype": str(lm.dtype).replace("torch.", ""), "seconds": elapsed, "checkpointing": checkpointing,
-              "attn_implementation": getattr(model.config, "_attn_implementation", None), "n_tokens": n},
+        provenance=lm.provenance(),
+        segments=segments,
+        meta={"seconds": elapsed, "checkpointing": checkpointing, "n_tokens": n},
     )
     if keep_states:
-        ex.states = {k: rec.states[k] for k in layer_names(L, mid=True) if k in rec.states}
+        ex.states = {k: rec.states[k] for k in nodes.layer_names(L, True) if k in rec.states}
     return ex
+
+
+def check_model(lm: LoadedModel, provenance: Provenance | None, *, what: str, on_mismatch: str = "error") -> None:
+    """Whether ``lm`` has the weights a saved result was made with (by fingerprint): on a mismatch, warn
+    (:class:`ModelMismatchWarning`), raise an :class:`InputError` or do nothing (``on_mismatch``)."""
+    if provenance is None or on_mismatch == "ignore":
+        return
+    if provenance.same_model(lm.provenance()) is False:
+        msg = (f"{what} was made with model {provenance.model_source!r} (fingerprint {provenance.model_fingerprint}), "
+               f"not with {lm.source!r} (fingerprint {lm.fingerprint})")
+        if on_mismatch == "error":
+            raise InputError(msg)
+        warnings.warn(msg, ModelMismatchWarning, stacklevel=3)
 
 
 @dataclass
@@ -112,7 +149,8 @@ class PreparedInputs:
     text: str | None
 
 
-def prepare_inputs(lm: LoadedModel, prompt, target=None, contrast=None, *, chat: bool = False, position: int = -1,
+def prepare_inputs(lm: LoadedModel, prompt: str | Sequence[int] | torch.Tensor, target: int | str | None = None,
+                   contrast: int | str | None = None, *, chat: bool = False, position: int = -1,
                    add_special_tokens: bool | None = None) -> PreparedInputs:
     """Tokenise and validate a prompt and resolve target/contrast to ids (clear errors on bad input)."""
     text: str | None
@@ -121,8 +159,17 @@ def prepare_inputs(lm: LoadedModel, prompt, target=None, contrast=None, *, chat:
             raise InputError("the prompt is empty; give a non-empty prompt")
         text = prompt
         ids = lm.encode(prompt, chat=chat, add_special_tokens=add_special_tokens)
-    elif isinstance(prompt, Sequence | torch.Tensor):
-        ids = [int(i) for i in (prompt.tolist() if isinstance(prompt, torch.Tensor) else prompt)]
+    elif isinstance(prompt, Sequence | torch.Tensor) and not isinstance(prompt, bytes | bytearray):
+        if isinstance(prompt, torch.Tensor):
+            if prompt.dim() != 1 or prompt.is_floating_point() or prompt.is_complex():
+                raise InputError(f"a tensor prompt must be a 1-D tensor of integer token ids, not {prompt.dim()}-D "
+                                 f"{str(prompt.dtype).replace('torch.', '')}")
+            seq: Sequence[Any] = prompt.tolist()
+        else:
+            seq = prompt
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in seq):
+            raise InputError("a list prompt must hold integer token ids (give a string for text)")
+        ids = [int(i) for i in seq]
         text = None
     else:
         raise InputError(f"prompt must be a string, a list of token ids or a FailureCase, not {type(prompt).__name__}")
@@ -151,7 +198,7 @@ class _Forward:
 
 @contextlib.contextmanager
 def _objective_graph(lm: LoadedModel, prep: PreparedInputs, *, rule: str, objective: str, checkpointing: bool,
-                     recorder: StateRecorder | None, k: int = 10, rank: int = 2) -> Iterator[_Forward]:
+                     recorder: StateRecorder | None, params: dict[str, Any]) -> Iterator[_Forward]:
     """Run the forward pass under the rules and yield the objective S (with its graph) and the
     embedding leaf; rules and taps are removed on exit."""
     objective_fn = get_objective(objective)
@@ -166,7 +213,7 @@ def _objective_graph(lm: LoadedModel, prep: PreparedInputs, *, rule: str, object
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             h = hidden[0, prep.position]
             spec, u, const, logits = _objective_direction(lm, h, objective_fn, prep.target_id, prep.contrast_id,
-                                                          k=k, rank=rank)
+                                                          params)
             yield _Forward(h.float() @ u, emb, spec, u, const, logits)
         finally:
             if recorder is not None:
@@ -174,18 +221,23 @@ def _objective_graph(lm: LoadedModel, prep: PreparedInputs, *, rule: str, object
 
 
 @contextlib.contextmanager
-def build_objective(lm: LoadedModel, prompt, target=None, contrast=None, *, rule: str = "attnlrp",
+def build_objective(lm: LoadedModel, prompt: str | Sequence[int], target: int | str | None = None,
+                    contrast: int | str | None = None, *, rule: str = "attnlrp",
                     objective: str = "logit_diff", chat: bool = False, position: int = -1,
-                    checkpointing: bool = False, k: int = 10, rank: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    checkpointing: bool = False, k: int | None = None, rank: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The objective S of an explanation with its autograd graph, inside the rules: ``(score, emb)``.
     For custom analyses (e.g. the coverage check); the rules are removed when the block exits."""
+    params = objective_params(objective, {"k": k, "rank": rank})
     prep = prepare_inputs(lm, prompt, target, contrast, chat=chat, position=position)
     with _objective_graph(lm, prep, rule=rule, objective=objective, checkpointing=checkpointing,
-                          recorder=None, k=k, rank=rank) as fwd:
+                          recorder=None, params=params) as fwd:
         yield fwd.score, fwd.emb
 
 
-def _objective_direction(lm: LoadedModel, h: torch.Tensor, objective_fn, target_id, contrast_id, *, k: int, rank: int):
+def _objective_direction(lm: LoadedModel, h: torch.Tensor, objective_fn: Any, target_id: int | None,
+                         contrast_id: int | None, params: dict[str, Any]
+                         ) -> tuple[ObjectiveSpec, torch.Tensor, float, torch.Tensor]:
     """Resolve the objective at hidden state ``h`` (last position only) and return
     (spec, u, const, logits) with S = h·u + const, u = W_Uᵀ c in float32 (identity rule on a final
     soft-cap), and the fp32 logits of this one position."""
@@ -195,7 +247,7 @@ def _objective_direction(lm: LoadedModel, h: torch.Tensor, objective_fn, target_
     raw, logits = head_logits(lm, h)
     cap = getattr(lm.text_config, "final_logit_softcapping", None)
     with torch.no_grad():
-        spec: ObjectiveSpec = objective_fn(logits.cpu(), target_id, contrast_id, k=k, rank=rank)
+        spec: ObjectiveSpec = objective_fn(logits.cpu(), target_id, contrast_id, **params)
         c = spec.coeffs.to(W.device)
         if cap:
             safe = torch.where(raw == 0, torch.ones_like(raw), raw)

@@ -7,11 +7,16 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from contrastlens.attribution.spec import AttributionSpec
+from contrastlens.provenance import Provenance
+
+FORMAT_VERSION = 2  # 2: the resolved spec, provenance and segments; version 1 files still load
 _ARRAYS = ("input_relevance", "layer_relevance", "mid_relevance")
+_V1_SPEC_FIELDS = ("rule", "objective", "target_id", "contrast_id", "position")
 
 
 @dataclass
@@ -24,17 +29,19 @@ class Explanation:
     Positive relevance supports the target, negative the contrast. ``layer_relevance[-1, position]``
     equals ``logit_diff`` (minus ``final_norm_bias_share``, non-zero only for LayerNorm models with a
     bias in the final norm).
+
+    ``spec``: the resolved :class:`AttributionSpec` (target, contrast, objective and its parameters, rule,
+    position, dtype, attention kernel); ``rule``, ``objective``, ``target_id``, ``contrast_id`` and
+    ``position`` read from it. ``provenance``: package versions, model source, revision and weight
+    fingerprint. ``segments``: token spans ``[start, end)`` of the prompt segments (``instruction``,
+    ``query``, ``answer``) when the explained input came with them (a failure case).
     """
 
     source: str
-    rule: str
-    objective: str
+    spec: AttributionSpec
     objective_description: str
-    target_id: int
-    contrast_id: int | None
     target_str: str
     contrast_str: str | None
-    position: int
     input_ids: list[int]
     tokens: list[str]
     special_mask: list[bool]
@@ -45,8 +52,31 @@ class Explanation:
     mid_relevance: np.ndarray
     final_norm_bias_share: float = 0.0
     top_logits: list[tuple[int, str, float]] = field(default_factory=list)
+    provenance: Provenance | None = None
+    segments: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     states: dict | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ spec
+    @property
+    def rule(self) -> str:
+        return self.spec.rule
+
+    @property
+    def objective(self) -> str:
+        return self.spec.objective
+
+    @property
+    def target_id(self) -> int:
+        return self.spec.target_id
+
+    @property
+    def contrast_id(self) -> int | None:
+        return self.spec.contrast_id
+
+    @property
+    def position(self) -> int:
+        return self.spec.position
 
     # ------------------------------------------------------------------ info
     @property
@@ -68,9 +98,45 @@ class Explanation:
 
         return normalize(self.input_relevance, self.special_mask, mode)
 
+    def segment_masks(self) -> dict[str, np.ndarray]:
+        """Boolean token masks of the three prompt segments, as the paper defines them: ``instruction``
+        (tokens overlapping the instruction), ``answer`` (tokens of the completion before the error, minus
+        instruction tokens) and ``query`` (every other non-special token)."""
+        from contrastlens.errors import InputError
+
+        if not self.segments:
+            raise InputError("this explanation has no prompt segments (explain a FailureCase to get them)")
+        n = self.n_tokens
+        special = np.asarray(self.special_mask, dtype=bool)
+
+        def mask(name: str) -> np.ndarray:
+            m = np.zeros(n, dtype=bool)
+            for a, b in self.segments.get(name, []):
+                m[max(0, a) : min(n, b)] = True
+            return m & ~special
+
+        inst = mask("instruction")
+        ans = mask("answer") & ~inst
+        query = ~inst & ~ans & ~special
+        return {"instruction": inst, "query": query, "answer": ans}
+
+    def segment_sums(self, norm: str = "max_abs") -> dict[str, float]:
+        """Per-segment sums of the normalised input relevance (special tokens excluded), as in the paper's
+        Fig. 5: ``instruction``, ``query``, ``answer`` and their ``total``. ``norm`` is a heatmap
+        normalisation (``max_abs``, ``sum_abs``, ``abs_sum``)."""
+        r = self.normalized(norm)
+        out = {name: float(r[m].sum()) for name, m in self.segment_masks().items()}
+        out["total"] = out["instruction"] + out["query"] + out["answer"]
+        return out
+
     # ----------------------------------------------------------- persistence
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in _ARRAYS and k != "states"}
+    def to_dict(self) -> dict[str, Any]:
+        skip = set(_ARRAYS) | {"states", "spec", "provenance", "segments"}
+        d: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip}
+        d["spec"] = self.spec.to_dict()
+        d["spec_hash"] = self.spec.hash()
+        d["provenance"] = self.provenance.to_dict() if self.provenance is not None else None
+        d["segments"] = {k: [list(span) for span in v] for k, v in self.segments.items()}
         for k in _ARRAYS:
             d[k] = np.asarray(getattr(self, k)).tolist()
         d["format_version"] = FORMAT_VERSION
@@ -96,6 +162,7 @@ class Explanation:
 
     @classmethod
     def load(cls, path: str | Path) -> Explanation:
+        """Read a ``.ctl`` file written by :meth:`save` (format 2, or format 1 of earlier versions)."""
         from contrastlens.errors import ContrastLensError
 
         try:
@@ -104,8 +171,19 @@ class Explanation:
                 arrays = {k: np.load(io.BytesIO(z.read(f"{k}.npy"))) for k in _ARRAYS}
         except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
             raise ContrastLensError(f"{path} is not a readable explanation file: {e}") from None
-        if meta.pop("format_version", None) != FORMAT_VERSION:
-            raise ContrastLensError(f"{path} has an unsupported explanation format version")
+        version = meta.pop("format_version", None)
+        if version == 1:  # the spec's fields were top-level; dtype and attention kernel were in meta
+            old = meta.get("meta", {})
+            meta["spec"] = {
+                **{k: meta.pop(k) for k in _V1_SPEC_FIELDS},
+                "dtype": old.pop("dtype", "float32"), "attn_implementation": old.pop("attn_implementation", None),
+            }
+        elif version != FORMAT_VERSION:
+            raise ContrastLensError(f"{path} has an unsupported explanation format version {version!r}")
+        meta.pop("spec_hash", None)
+        meta["spec"] = AttributionSpec.from_dict(meta["spec"])
+        meta["provenance"] = Provenance.from_dict(meta.get("provenance"))
+        meta["segments"] = {k: [tuple(span) for span in v] for k, v in (meta.get("segments") or {}).items()}
         meta["top_logits"] = [tuple(t) for t in meta.get("top_logits", [])]
         return cls(**meta, **arrays)
 

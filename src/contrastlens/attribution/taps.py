@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from contrastlens.adapters import ArchAdapter
+from contrastlens.nodes import EMB, mid, post
 
 
 class StateRecorder:
@@ -46,22 +47,22 @@ class StateRecorder:
 
         def pre_block0(_m, args, kwargs):
             h = args[0] if args else kwargs.get("hidden_states")
-            self.tap("emb", h)
+            self.tap(EMB, h)
 
         self._handles.append(blocks[0].register_forward_pre_hook(pre_block0, with_kwargs=True))
         for i, blk in enumerate(blocks):
             def out_hook(_m, _args, output, _i=i):
                 h = output[0] if isinstance(output, (tuple, list)) else output
-                self.tap(str(_i), h)
+                self.tap(post(_i), h)
 
             self._handles.append(blk.register_forward_hook(out_hook))
-            mid = adapter.part(blk, "mid")
-            if mid is not None:
+            mid_module = adapter.part(blk, "mid")
+            if mid_module is not None:
                 def mid_hook(_m, args, kwargs, _i=i):
                     h = args[0] if args else next(iter(kwargs.values()))
-                    self.tap(f"{_i}.mid", h)
+                    self.tap(mid(_i), h)
 
-                self._handles.append(mid.register_forward_pre_hook(mid_hook, with_kwargs=True))
+                self._handles.append(mid_module.register_forward_pre_hook(mid_hook, with_kwargs=True))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -69,11 +70,4 @@ class StateRecorder:
         self._handles.clear()
 
 
-def layer_names(num_layers: int, mid: bool = True) -> list[str]:
-    """Node-layer names in model order: emb, 0.mid, 0, 1.mid, 1, ..."""
-    names = ["emb"]
-    for i in range(num_layers):
-        if mid:
-            names.append(f"{i}.mid")
-        names.append(str(i))
-    return names
+__all__ = ["StateRecorder"]

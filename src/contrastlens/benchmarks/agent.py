@@ -1,4 +1,5 @@
-"""GAIA2-style agent traces: long multi-turn tool-use transcripts whose last assistant turn is an action.
+"""GAIA2-style agent traces (benchmark ``gaia2``, alias ``agent``): long multi-turn tool-use transcripts
+whose last assistant turn is an action.
 
 Accepted inputs (a file, or a folder of ``*.json`` files):
 
@@ -12,6 +13,10 @@ The checker parses the ARE action format (``Action: tool`` + ``Action Input: {js
 ``{"action": ..., "action_input": ...}``) and compares tool name and arguments with ``expected``
 (``{"tool": ..., "args": {...}}``; listed args must match, others are free). It reports where the
 action went wrong: the tool name, or the first wrong argument value.
+
+Data: ``--data`` (a trace file or a folder of traces), else ``$CONTRASTLENS_DATA/agent_traces`` when that
+exists, else the shipped synthetic trace. There is no hub fall-back: the GAIA2 dataset on the hub
+(``meta-agents-research-environments/gaia2``) holds scenarios to run in ARE, not recorded traces.
 """
 
 from __future__ import annotations
@@ -74,17 +79,23 @@ def parse_action(text: str) -> tuple[str, dict[str, Any], dict[str, int]] | None
 
 
 class AgentTraces(Benchmark):
-    name = "agent"
+    name = "gaia2"
     default_file = "agent_traces"
-    hub_id = "meta-agents-research-environments/gaia2"
+    hub_id = None  # GAIA2 on the hub is ARE scenarios, not traces (see the module docstring)
     default_max_new_tokens = 96
 
     def resolve(self, path, data_dir):
-        if path is None and data_dir is None:
-            return synthetic_trace_path()
-        if path is not None and Path(path).exists():
-            return Path(path)
-        return super().resolve(path, data_dir)
+        """``path`` (a trace file or a folder of traces), else ``data_dir/agent_traces``, else
+        ``$CONTRASTLENS_DATA/agent_traces`` when it exists, else the shipped synthetic trace."""
+        if path is not None:
+            p = Path(path).expanduser()
+            if not p.exists():
+                raise InputError(f"{self.name}: data {p} not found (pass --data a trace file or a folder of "
+                                 "*.json traces)")
+            return p
+        if data_dir is not None:
+            return super().resolve(None, data_dir)
+        return self.local_file(None, None) or synthetic_trace_path()
 
     def load(self, path=None, *, data_dir=None):
         root = self.resolve(path, data_dir)

@@ -6,10 +6,11 @@ compared exactly, floats with the task's ``atol`` (as EvalPlus does).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
-from contrastlens.benchmarks.base import Benchmark, Score, load_jsonl_items, locate
+from contrastlens.benchmarks.base import Benchmark, ItemError, Score, locate
 from contrastlens.benchmarks.sandbox import run_python
 
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function in one "
@@ -94,10 +95,38 @@ def build_program(prompt: str, entry_point: str, completion: str) -> tuple[str, 
     return prompt + code, prompt.count("\n"), off
 
 
+def _number(node: ast.expr, default: float) -> float:
+    """A literal number node's value, else ``default``."""
+    v = node.value if isinstance(node, ast.Constant) else None
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
+
+
+def inputs_from_test(test: str) -> tuple[list, float]:
+    """The test inputs and ``atol`` of the ``test`` code of a hub row (``evalplus/humanevalplus``):
+    ``def check(candidate): inputs = [...]`` (base and plus inputs together) and the tolerance given to
+    ``assertion(candidate(*inp), exp, ATOL)`` (or ``... <= ATOL`` for ``find_zero``). Raises
+    :class:`ValueError` when the code has no literal ``inputs`` list."""
+    tree = ast.parse(test)
+    inputs = None
+    atol = 0.0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "inputs" for t in node.targets):
+            inputs = ast.literal_eval(node.value)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "assertion"
+              and len(node.args) == 3):
+            atol = _number(node.args[2], atol)
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.LtE):
+            atol = _number(node.comparators[0], atol)
+    if not isinstance(inputs, list):
+        raise ValueError("no literal inputs list in the test code")
+    return inputs, atol
+
+
 class HumanEvalPlus(Benchmark):
     name = "humaneval"
     default_file = "HumanEvalPlus.jsonl.gz"
     hub_id = "evalplus/humanevalplus"
+    hub_split = "test"
     default_max_new_tokens = 384
 
     def __init__(self, timeout: float = 10.0, memory_mb: int = 2048, max_plus: int | None = None):
@@ -106,8 +135,21 @@ class HumanEvalPlus(Benchmark):
         self.max_plus = max_plus
 
     def load(self, path=None, *, data_dir=None):
-        return load_jsonl_items(self.resolve(path, data_dir), label="HumanEval", id_field="task_id",
-                                fields=("task_id", "prompt", "entry_point", "canonical_solution", "base_input"))
+        return self.load_rows(path, data_dir, label="HumanEval", id_field="task_id",
+                              fields=("task_id", "prompt", "entry_point", "canonical_solution", "base_input"))
+
+    def hub_row(self, row):
+        """The hub rows hold the inputs inside their ``test`` code (base and plus merged, see
+        :func:`inputs_from_test`): all of them become ``base_input`` (``plus_input`` is empty), so the
+        verdict is the same and only the base/plus split in ``details`` is lost."""
+        if "base_input" in row:
+            return row
+        try:
+            inputs, atol = inputs_from_test(str(row.get("test", "")))
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+            raise ItemError(f"humaneval item {row.get('task_id')}: cannot read the hub row's test inputs ({e})") from None
+        keep = ("task_id", "prompt", "entry_point", "canonical_solution")
+        return {**{k: row[k] for k in keep if k in row}, "base_input": inputs, "plus_input": [], "atol": atol}
 
     def messages(self, item):
         return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{item.data['prompt']}```"}]

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score, load_jsonl_items
+from contrastlens.benchmarks.base import Benchmark, Item, ItemError, Score
 from contrastlens.errors import InputError
 
 _CHECKERS: Any = None
@@ -116,7 +116,15 @@ class IFEval(Benchmark):
     name = "ifeval"
     default_file = "ifeval_input_data.jsonl"
     hub_id = "google/IFEval"
+    hub_split = "train"
     default_max_new_tokens = 256
+
+    def hub_row(self, row):
+        # the hub rows give every instruction all kwargs keys, unused ones as None; the file has only the used
+        kwargs = row.get("kwargs")
+        if isinstance(kwargs, list):
+            row = {**row, "kwargs": [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs]}
+        return row
 
     def load(self, path=None, *, data_dir=None):
         def make(iid, row):
@@ -125,8 +133,8 @@ class IFEval(Benchmark):
             # a derived field, for `--filter n_instructions=1`
             return Item(iid, {**row, "n_instructions": len(row["instruction_id_list"])})
 
-        return load_jsonl_items(self.resolve(path, data_dir), label="IFEval", id_field="key",
-                                fields=("key", "prompt", "instruction_id_list", "kwargs"), make_item=make)
+        return self.load_rows(path, data_dir, label="IFEval", id_field="key",
+                              fields=("key", "prompt", "instruction_id_list", "kwargs"), make_item=make)
 
     def messages(self, item):
         return [{"role": "user", "content": item.data["prompt"]}]

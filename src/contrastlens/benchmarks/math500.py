@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from contrastlens.benchmarks.base import Benchmark, Score, load_jsonl_items, locate
+from contrastlens.benchmarks.base import Benchmark, Score, locate
 from contrastlens.errors import InputError
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -98,8 +98,7 @@ class Math500(Benchmark):
     default_max_new_tokens = 256
 
     def load(self, path=None, *, data_dir=None):
-        return load_jsonl_items(self.resolve(path, data_dir), label="MATH", id_field="unique_id",
-                                fields=("problem", "answer"))
+        return self.load_rows(path, data_dir, label="MATH", id_field="unique_id", fields=("problem", "answer"))
 
     def messages(self, item):
         return [{"role": "user", "content": f"{item.data['problem']}\n\n{INSTRUCTION}"}]

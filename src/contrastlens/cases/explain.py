@@ -1,28 +1,25 @@
-"""Explain a :class:`FailureCase` with the attribution engine: the input is the rendered prompt ids
-followed by the completion ids before the failure token, the target and contrast are the case's ids."""
+"""Explain a :class:`FailureCase` with the attribution engine.
+
+A case is :class:`~contrastlens.attribution.spec.Explainable`: ``explain(lm, case)`` takes its ids (the
+rendered prompt ids followed by the completion ids before the failure token, verbatim: the prompt already
+carries its chat template), its target and contrast ids, and its segments as token ranges.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from contrastlens.attribution.explain import explain
+from contrastlens.attribution.explanation import Explanation
 from contrastlens.cases.schema import FailureCase
-from contrastlens.errors import InputError
+from contrastlens.models.loaded import LoadedModel
 
 
 def case_inputs(case: FailureCase) -> tuple[list[int], int, int]:
     """(input ids, target id, contrast id) of a localised case."""
-    if case.status != "localised" or case.target_id is None or case.contrast_id is None:
-        raise InputError(f"case {case.id} is not localised (no failure token / contrast); nothing to explain")
-    return case.ids_before_err, int(case.target_id), int(case.contrast_id)
+    return case.explained_inputs()
 
 
-def explain_case(lm: Any, case: FailureCase, **kw: Any) -> Any:
-    """``explain(lm, ids_before_err, target_id, contrast_id, **kw)``; ids are taken verbatim (the case's
-    prompt already carries its chat template)."""
-    from contrastlens.attribution.explain import explain
-
-    if lm.vocab_size and max(case.prompt_ids + case.completion_ids, default=0) >= lm.vocab_size:
-        raise InputError(f"case {case.id} was made with a different tokenizer than {lm.source}")
-    ids, target, contrast = case_inputs(case)
-    kw.setdefault("chat", False)
-    return explain(lm, ids, target, contrast, **kw)
+def explain_case(lm: LoadedModel, case: FailureCase, **kw: Any) -> Explanation:
+    """``explain(lm, case, **kw)``."""
+    return explain(lm, case, **kw)

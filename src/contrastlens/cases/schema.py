@@ -1,16 +1,26 @@
 """``FailureCase``: one benchmark failure of one model, localised to the token where it went wrong.
 
 Token ids are the truth; every string field is for display. The schema is versioned
-(``schema_version``) and validated on construction and on load.
+(``schema_version``) and validated on construction and on load. Version 2 added ``provenance`` (package
+versions, model source, revision and weight fingerprint); version 1 files still load (with no
+provenance) and are written back as version 2.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+from contrastlens.attribution.spec import AttributionInputs, AttributionSpec
+from contrastlens.errors import InputError
+from contrastlens.provenance import Provenance
+
+if TYPE_CHECKING:  # pragma: no cover
+    from contrastlens.models.loaded import LoadedModel
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 Method = Literal["rollout", "sibling", "judge", "manual"]
 SEGMENT_NAMES = ("instruction", "query", "answer")
@@ -68,13 +78,17 @@ class FailureCase(BaseModel):
     n_positions: int = 0  # completion positions probed
     segments: dict[str, list[tuple[int, int]]] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    # package versions, model source, revision and weight fingerprint (None: written before version 2)
+    provenance: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FailureCase:
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in READABLE_VERSIONS:
             raise ValueError(
-                f"schema_version {self.schema_version} is not supported (this version reads {SCHEMA_VERSION})"
+                f"schema_version {self.schema_version} is not supported (this version reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
+        self.schema_version = SCHEMA_VERSION
         for name, spans in self.segments.items():
             if name not in SEGMENT_NAMES:
                 raise ValueError(f"unknown segment {name!r}; segments are {', '.join(SEGMENT_NAMES)}")
@@ -113,6 +127,36 @@ class FailureCase(BaseModel):
         if self.failure_index is None:
             raise ValueError(f"case {self.id} is not localised")
         return list(self.prompt_ids) + list(self.completion_ids[: self.failure_index])
+
+    @property
+    def model_provenance(self) -> Provenance | None:
+        """The provenance of the model the case was collected with (None for version-1 cases)."""
+        return Provenance.from_dict(self.provenance)
+
+    def spec(self, *, rule: str = "attnlrp", dtype: str = "float32", attn_implementation: str | None = None
+             ) -> AttributionSpec:
+        """The attribution spec of explaining this case: Δℓ of its target vs its contrast at the position
+        before the failure token (the rule, dtype and kernel are the explainer's choice)."""
+        ids, target, contrast = self.explained_inputs()
+        return AttributionSpec(target_id=target, contrast_id=contrast, position=len(ids) - 1, objective="logit_diff",
+                               rule=rule, dtype=dtype, attn_implementation=attn_implementation)
+
+    def explained_inputs(self) -> tuple[list[int], int, int]:
+        if self.status != "localised" or self.target_id is None or self.contrast_id is None:
+            raise InputError(f"case {self.id} is not localised (no failure token / contrast); nothing to explain")
+        return self.ids_before_err, int(self.target_id), int(self.contrast_id)
+
+    def attribution_inputs(self, lm: LoadedModel) -> AttributionInputs:
+        """What ``explain(lm, case)`` explains (the :class:`~contrastlens.attribution.spec.Explainable`
+        protocol): the ids before the failure token verbatim, the target and contrast ids, the segments as
+        token ranges and the case's model provenance."""
+        from contrastlens.cases.segments import case_token_segments
+
+        ids, target, contrast = self.explained_inputs()
+        if lm.vocab_size and max(self.prompt_ids + self.completion_ids, default=0) >= lm.vocab_size:
+            raise InputError(f"case {self.id} was made with a different tokenizer than {lm.source}")
+        return AttributionInputs(ids=ids, target_id=target, contrast_id=contrast, label=f"case {self.id}",
+                                 segments=case_token_segments(lm, self), provenance=self.model_provenance)
 
     def summary(self) -> str:
         if self.status != "localised":

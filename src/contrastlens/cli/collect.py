@@ -1,121 +1,130 @@
-"""``contrastlens collect``: failure cases from a benchmark (generate, score, localise, write JSONL)."""
+"""``contrastlens collect``: failure cases from a benchmark (generate, score, localise, write JSONL).
+
+The options of the run's settings are generated from the fields of
+:class:`~contrastlens.collect.settings.CollectSettings` (flag, help text and default come from there);
+only the options that are not settings (what to run, where to write, which models) are written out here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import sys
+import typing
+from typing import Any
+
+_GROUPS = {"generation": "generation", "localisation": "localisation", "items": "item selection",
+           "model": "model", "output": "output"}
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> int; ``tuple[str, ...]`` -> tuple; ``int | str | None`` -> str (parsed later)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in args):
+        return tuple
+    if str in args:
+        return str
+    return args[0]
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    shown = f.metadata.get("default_help")
+    if shown is None:
+        shown = "off" if f.default is None else f.default
+    return f" (default: {shown})"
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`CollectSettings` field (``dest`` = the field name, default left unset so
+    the dataclass default applies): ints and strings take a value, a tuple field is repeatable or
+    comma-separated, a boolean gets ``--NAME`` and, when it defaults to True, ``--no-NAME``."""
+    from contrastlens.collect.settings import CollectSettings
+
+    hints = typing.get_type_hints(CollectSettings)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(CollectSettings):
+        m = f.metadata
+        g = m.get("group", "run")
+        if g not in groups:
+            groups[g] = p.add_argument_group(_GROUPS.get(g, g))
+        grp = groups[g]
+        flag = m.get("flag") or "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if kind is bool:
+            on_help = m["help"] + (" (default)" if f.default else "")
+            grp.add_argument(flag, action="store_true", help=on_help, **common)
+            if f.default:
+                grp.add_argument("--no-" + flag[2:], action="store_false", help=m.get("no_help") or f"not {flag}",
+                                 **common)
+            continue
+        typ = int if kind is int else str
+        metavar = m.get("metavar")
+        if m.get("repeatable"):
+            grp.add_argument(flag, action="append", type=typ, metavar=metavar, help=m["help"] + _default_text(f),
+                             **common)
+        else:
+            grp.add_argument(flag, type=typ, metavar=metavar, help=m["help"] + _default_text(f), **common)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`CollectSettings` of parsed options (options not given keep the dataclass defaults);
+    invalid values raise :class:`~contrastlens.errors.InputError`."""
+    from contrastlens.collect.settings import CollectSettings
+
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(CollectSettings):
+        if hasattr(args, f.name):
+            v = getattr(args, f.name)
+            conv = f.metadata.get("from_cli")
+            given[f.name] = conv(v) if conv is not None and v is not None else v
+    return CollectSettings(**given)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", "-b", required=True, help="ifeval, math500, humaneval or agent")
-    p.add_argument("--model", "-m", required=True, help="model source (catalog alias, .gguf, folder, random:ARCH)")
-    p.add_argument("--data", default=None,
-                   help="data file or folder (default: $CONTRASTLENS_DATA, else ../shared/data)")
-    p.add_argument("--out", "-o", required=True, help="case file to append to (JSONL)")
-    p.add_argument("--limit", type=int, default=None, help="first N items only")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N items")
-    p.add_argument("--items", default=None, help="comma-separated item ids to run")
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=V1,V2",
-                   help="keep items whose data field (or one element of a list field) equals one of the values, e.g. "
-                        "level=1,2 or instruction_id_list=punctuation:no_comma; repeatable")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default per benchmark)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=4, help="alternatives rolled out per probed position")
-    p.add_argument("--max-probes", type=int, default=12,
-                   help="positions probed per case by the checker-guided probes and the binary search "
-                        "(0: checker-guided probes and the scan only)")
-    p.add_argument("--scan-probes", type=int, default=None,
-                   help="positions probed by the uncertainty scan when the binary search finds nothing "
-                        "(default: --max-probes; 0 turns the scan off)")
-    p.add_argument("--rollout-slack", type=int, default=64,
-                   help="a rollout stops this many tokens past the failed completion's length "
-                        "(-1: only --max-new-tokens)")
-    p.add_argument("--rollout-batch", type=int, default=32,
-                   help="rollouts per batch when the scan or the checker probes several positions at once "
-                        "(on a CPU a decoding step for 32 rows costs about twice one for 8)")
-    p.add_argument("--chat", dest="chat", action="store_true", default=True,
-                   help="render prompts with the chat template (default)")
-    p.add_argument("--no-chat", dest="chat", action="store_false", help="plain prompts, no chat template")
-    p.add_argument("--regenerate", action="store_true", help="agent traces: generate the last turn anew")
-    p.add_argument("--sibling", default=None, help="fallback model (same tokenizer) whose top-10 are tried")
-    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of an LLM judge (off by default)")
-    p.add_argument("--judge-model", default=None, help="the judge's model name")
-    p.add_argument("--failure-index", type=int, default=None, help="manual: failure token index in the completion")
-    p.add_argument("--contrast", default=None, help="manual: contrast token (string or #id)")
-    p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an existing --out")
-    p.add_argument("--no-progress", action="store_true")
+    from contrastlens.benchmarks.registry import benchmark_aliases, benchmark_names
 
-
-def _matches(value: object, allowed: set[str]) -> bool:
-    """A data field matches when it (or, for a list field, one of its elements) is an allowed value."""
-    if isinstance(value, list | tuple):
-        return any(str(v) in allowed for v in value)
-    return str(value) in allowed
+    aliases = ", ".join(f"{a} = {c}" for a, c in sorted(benchmark_aliases().items()))
+    run = p.add_argument_group("what to run")
+    run.add_argument("--benchmark", "-b", required=True,
+                     help=f"one of: {', '.join(benchmark_names())} (aliases: {aliases})")
+    run.add_argument("--model", "-m", required=True, help="model source (catalog alias, .gguf, folder, random:ARCH)")
+    run.add_argument("--data", default=None,
+                     help="data file or the folder holding it (default: $CONTRASTLENS_DATA, else the benchmark's "
+                          "hub dataset when the datasets package is installed; gaia2: the shipped trace)")
+    run.add_argument("--out", "-o", required=True, help="case file to append to (JSONL)")
+    run.add_argument("--fresh", action="store_true", help="start over instead of resuming an existing --out")
+    add_settings_arguments(p)
+    fb = p.add_argument_group("fallbacks")
+    fb.add_argument("--sibling", default=None, help="fallback model (same tokenizer) whose top-10 are tried")
+    fb.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint of an LLM judge (off by default); "
+                                                      "the key is read from $CONTRASTLENS_JUDGE_API_KEY")
+    fb.add_argument("--judge-model", default=None, help="the judge's model name")
 
 
 def run(args: argparse.Namespace) -> int:
-    from contrastlens.benchmarks import get_benchmark
-    from contrastlens.collect.localise import http_judge
-    from contrastlens.collect.pipeline import CollectConfig, collect
-    from contrastlens.errors import InputError
-    from contrastlens.models.loading import load_model
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    if (args.failure_index is None) != (args.contrast is None) and args.contrast is not None:
-        raise InputError("--contrast needs --failure-index")
+    from contrastlens.benchmarks import get_benchmark
+    from contrastlens.collect.pipeline import collect, load_items
+    from contrastlens.collect.settings import CollectResources
+    from contrastlens.errors import InputError
+
+    settings = settings_from_args(args)  # bad values: a one-line error before anything is loaded
     if args.judge_url and not args.judge_model:
         raise InputError("--judge-url needs --judge-model")
     bench = get_benchmark(args.benchmark)
-    data = args.data
-    items, bad = bench.load(data, data_dir=None) if data else bench.load()
-    if args.items:
-        want = {s.strip() for s in args.items.split(",") if s.strip()}
-        items = [it for it in items if it.id in want]
-        bad = [b for b in bad if b[0] in want]
-        if not items:
-            raise InputError(f"none of the items {sorted(want)} is in the data")
-    for flt in args.filter:
-        if "=" not in flt:
-            raise InputError(f"--filter {flt!r} must be FIELD=VALUE[,VALUE...]")
-        key, vals = flt.split("=", 1)
-        allowed = {v.strip() for v in vals.split(",")}
-        items = [it for it in items if _matches(it.data.get(key), allowed)]
-    items = items[args.offset :]
-    if args.limit is not None:
-        items = items[: args.limit]
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    lm = load_model(args.model, dtype=args.dtype)
-    if args.chat and not getattr(lm.tokenizer, "chat_template", None):
-        print(f"warning: the tokenizer of {args.model} has no chat template; every item will be skipped "
-              "(run with --no-chat)", file=sys.stderr)
-    sibling = None
-    if args.sibling:
-        sibling = load_model(args.sibling, dtype=args.dtype)
-        if sibling.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise InputError(f"--sibling {args.sibling} does not share the tokenizer of {args.model}")
-    judge = None
-    if args.judge_url:
-        judge = http_judge(args.judge_url, args.judge_model, os.environ.get("CONTRASTLENS_JUDGE_API_KEY"))
-    contrast: int | str | None = args.contrast
-    if isinstance(contrast, str) and contrast.startswith("#") and contrast[1:].isdigit():
-        contrast = int(contrast[1:])
-    cfg = CollectConfig(
-        max_new_tokens=args.max_new_tokens or bench.default_max_new_tokens, batch_size=args.batch_size,
-        k=args.top_k, max_probes=args.max_probes, scan_probes=args.scan_probes,
-        rollout_slack=None if args.rollout_slack < 0 else args.rollout_slack, batch_rows=args.rollout_batch,
-        chat=args.chat,
-        regenerate=args.regenerate, sibling=sibling,
-        judge=judge, failure_index=args.failure_index, contrast=contrast, progress=not args.no_progress,
-    )
-    summ = collect(lm, bench, items, args.out, cfg, bad_rows=bad, resume=not args.fresh)
+    items, bad = load_items(settings, bench, args.data)
+    resources = CollectResources.load(settings, args.model, sibling=args.sibling, judge_url=args.judge_url,
+                                      judge_model=args.judge_model,
+                                      judge_api_key=os.environ.get("CONTRASTLENS_JUDGE_API_KEY"))
+    with logging_redirect_tqdm(loggers=[logging.getLogger("contrastlens")]):
+        summ = collect(settings, resources, bench, args.out, items=items, bad_rows=bad, resume=not args.fresh)
     print(summ.table())
     with open(args.out + ".summary.json", "w", encoding="utf-8") as f:
-        json.dump(summ.as_dict(), f, indent=1)
+        json.dump({**summ.as_dict(), "settings": settings.to_dict()}, f, indent=1)
     sys.stdout.flush()
     return 0

@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from contrastlens.cli.common import add_model_args, add_prompt_args, load, parse_token, read_prompt
+from contrastlens.cli.common import (
+    add_case_arg,
+    add_model_args,
+    add_prompt_args,
+    case_and_model,
+    parse_token,
+    read_prompt,
+)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, required=False)
     add_prompt_args(p, required=False)
-    p.add_argument("--case", metavar="FILE#ID", help="explain a failure case from a cases JSONL file")
+    add_case_arg(p)
     p.add_argument("--target", help="the (wrong) token explained: a single-token string or #ID")
     p.add_argument("--contrast", help="the (correct) alternative: a single-token string or #ID")
     p.add_argument("--objective", default="logit_diff",
                    help="logit_diff (default), max_logit, demean, topk_avg, contrast_rank")
-    p.add_argument("--k", type=int, default=10, help="k for topk_avg")
-    p.add_argument("--rank", type=int, default=2, help="rank for contrast_rank")
+    p.add_argument("--k", type=int, default=None, help="k for topk_avg (default 10)")
+    p.add_argument("--rank", type=int, default=None, help="rank for contrast_rank (default 2)")
     p.add_argument("--rule", default="attnlrp", choices=["attnlrp", "cp-lrp"])
-    p.add_argument("--position", type=int, default=-1, help="token position explained (default: last)")
+    p.add_argument("--position", type=int, default=None, help="token position explained (default: last)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (less memory)")
     p.add_argument("--norm", default="max_abs", choices=["max_abs", "sum_abs", "abs_sum"], help="heatmap normalisation")
     p.add_argument("--top", type=int, default=5, help="strongest tokens listed per sign")
@@ -31,23 +38,22 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no terminal heatmap")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from contrastlens.attribution.explain import explain
     from contrastlens.errors import InputError
 
-    lm = load(args)
-    if args.case:
-        from contrastlens.cases.io import load_case
-
-        prompt, target, contrast = load_case(args.case), None, None
+    case, lm = case_and_model(args)
+    common = dict(objective=args.objective, rule=args.rule, checkpointing=args.checkpointing, k=args.k,
+                  rank=args.rank)
+    if case is not None:
+        if args.position is not None:
+            raise InputError("--case fixes the explained position; drop --position")
+        ex = explain(lm, case, **common)
     else:
-        if args.prompt is None and args.prompt_file is None:
-            raise InputError("give --prompt, --prompt-file or --case")
-        prompt, target, contrast = read_prompt(args), parse_token(args.target), parse_token(args.contrast)
+        target, contrast = parse_token(args.target), parse_token(args.contrast)
         if args.objective in ("logit_diff",) and target is None:
             raise InputError("--target is required with the logit_diff objective")
-    ex = explain(lm, prompt, target, contrast, objective=args.objective, rule=args.rule, chat=args.chat,
-                 position=args.position, checkpointing=args.checkpointing, k=args.k, rank=args.rank)
+        ex = explain(lm, read_prompt(args), target, contrast, chat=args.chat, position=args.position, **common)
     if not args.quiet:
         ex.print(norm=args.norm, top=args.top)
     for path, write in ((args.html, lambda p: ex.to_html(p, norm=args.norm)), (args.json, ex.to_json),

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from contrastlens.cli.common import add_model_args, add_prompt_args, load, parse_token, read_prompt
+from contrastlens.cli.common import (
+    add_case_arg,
+    add_model_args,
+    add_prompt_args,
+    case_and_model,
+    parse_token,
+    read_prompt,
+)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_prompt_args(p, required=True)
-    p.add_argument("--target", required=True, help="the (wrong) token explained: a single-token string or #ID")
-    p.add_argument("--contrast", required=True, help="the (correct) alternative: a single-token string or #ID")
+    add_model_args(p, required=False)
+    add_prompt_args(p, required=False)
+    add_case_arg(p)
+    p.add_argument("--target", help="the (wrong) token explained: a single-token string or #ID (not with --case)")
+    p.add_argument("--contrast", help="the (correct) alternative: a single-token string or #ID (not with --case)")
     p.add_argument("--rule", default="attnlrp", choices=["attnlrp", "cp-lrp"])
     p.add_argument("--method", default="exact", choices=["exact", "replay"],
                    help="exact closed form for adjacent layers (default) or batch replay everywhere")
@@ -29,7 +37,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no summary on the terminal")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from contrastlens.errors import InputError
     from contrastlens.graph.build import attribution_graph
     from contrastlens.graph.prune import PruneSpec
@@ -37,16 +45,21 @@ def run(args) -> int:
     spec = PruneSpec.parse(args.prune) if args.prune else None
     if args.out and not args.out.endswith((".json", ".npz")):
         raise InputError("--out must end in .json (node-link) or .npz (reloadable)")
-    lm = load(args)
-    prompt = read_prompt(args)
+    case, lm = case_and_model(args)
+    if case is None and (args.target is None or args.contrast is None):
+        raise InputError("give --target and --contrast (or --case)")
     progress = None
     if not args.quiet:
         def progress(stage, done, total):
             print(f"  {stage} ({done}/{total})", file=sys.stderr)
 
-    g = attribution_graph(lm, prompt, parse_token(args.target), parse_token(args.contrast), method=args.method,
-                          mid=not args.no_mid, layers=args.layers, node_threshold=args.node_threshold, prune=spec,
-                          rule=args.rule, batch_size=args.batch_size, chat=args.chat, progress=progress)
+    opts = dict(method=args.method, mid=not args.no_mid, layers=args.layers, node_threshold=args.node_threshold,
+                prune=spec, rule=args.rule, batch_size=args.batch_size, progress=progress)
+    if case is not None:
+        g = attribution_graph(lm, case, **opts)
+    else:
+        g = attribution_graph(lm, read_prompt(args), parse_token(args.target), parse_token(args.contrast),
+                              chat=args.chat, **opts)
     if args.subgraph:
         g = g.subgraph_to()
     if not args.quiet:

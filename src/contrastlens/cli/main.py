@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+from typing import TextIO
 
 # subcommand name -> module (relative to contrastlens.cli), one line of help
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -42,8 +44,40 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record arrives (not the stream of the moment it
+    was made), so a replaced or captured stderr never leaves it writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """The library logs (``logging.getLogger("contrastlens...")``, nothing printed); the CLI shows its INFO
+    lines on stderr unless the application configured logging itself (a handler on the root logger or on
+    ``contrastlens``). Other libraries stay at their own levels."""
+    log = logging.getLogger("contrastlens")
+    if log.handlers or logging.getLogger().handlers:
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
+        return
+    log.addHandler(_StderrHandler())
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     from contrastlens.errors import ContrastLensError
+
+    configure_logging()
 
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)

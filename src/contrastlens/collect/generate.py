@@ -1,16 +1,32 @@
-"""Batched greedy generation with a KV cache, and batched top-k rollouts that share a prefix cache."""
+"""Batched greedy generation with a KV cache, and batched top-k rollouts that share a prefix cache.
+
+Decoding is a plain loop of forward calls (no ``model.generate``): one prefill of the rows (or of the
+tokens a given prefix cache does not hold yet), then one token per step for every row, greedy argmax of
+the raw logits (no logits processors: the completion's tokens are exactly the model's top-1, which the
+localisation relies on). Positions come from the attention mask, so left padding and the masked-out
+tokens of :func:`rollout_rows` do not shift a row's positions. The cache is passed under the keyword the
+installed transformers uses (``cache`` in recent transformers 5 releases, ``past_key_values`` in
+earlier ones), never through ``generate()``, whose ``past_key_values`` argument is deprecated.
+"""
 
 from __future__ import annotations
 
 import copy
-import sys
-import time
+import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from contrastlens.models.loaded import LoadedModel
+
+
+class Completion(NamedTuple):
+    """A generated completion: its token ids (stop token excluded) and whether the model stopped by
+    itself (a stop token, or the benchmark's verdict settled), False when it hit the token budget."""
+
+    ids: list[int]
+    stopped: bool
 
 
 def stop_ids(lm: LoadedModel) -> list[int]:
@@ -34,8 +50,8 @@ def stop_ids(lm: LoadedModel) -> list[int]:
 
 
 class SettledStop:
-    """A per-row stopping criterion. Row ``r`` stops as soon as ``settled(heads[r] + text of its new
-    tokens)`` holds (the checker's verdict can no longer change, e.g. a code block or a ``\\boxed{}``
+    """A per-row stopping criterion for :func:`_greedy`, called with the sequences so far. Row ``r``
+    stops as soon as ``settled(heads[r] + text of its new tokens)`` holds (the checker's verdict can no longer change, e.g. a code block or a ``\\boxed{}``
     answer has closed; ``lengths[r]`` records how many new tokens it had then), or once it has
     ``limits[r]`` new tokens."""
 
@@ -57,24 +73,87 @@ class SettledStop:
         return done
 
 
-def _greedy(lm, input_ids, attention_mask, max_new_tokens: int, stops, pad: int, settled=None, **kw):
-    """Greedy decoding with the KV cache, stopping at any of ``stops`` (and per row at ``settled``, a
-    :class:`SettledStop`)."""
-    if settled is not None:
-        from transformers import StoppingCriteriaList
+_FORWARD_KW: dict[type, tuple[str, bool]] = {}
 
-        kw["stopping_criteria"] = StoppingCriteriaList([settled])
-    return lm.model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=sorted(stops) or None,
-        pad_token_id=pad,
-        use_cache=True,
-        **kw,
-    )
+
+def _forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
+    """The forward keyword of the KV cache (``cache``, or ``past_key_values`` in older transformers) and
+    whether forward takes ``logits_to_keep``; looked up once per model class."""
+    key = type(model)
+    if key not in _FORWARD_KW:
+        try:  # the class's forward: an instance's forward may be wrapped (hooks) under another signature
+            params = inspect.signature(key.forward).parameters
+        except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
+            params = {}  # type: ignore[assignment]
+        _FORWARD_KW[key] = ("cache" if "cache" in params else "past_key_values", "logits_to_keep" in params)
+    return _FORWARD_KW[key]
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward call returned (``cache`` in recent transformers 5 releases,
+    ``past_key_values`` in earlier ones), or None."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    for name in ("cache", "past_key_values"):
+        if name in keys:
+            return out[name]
+    return None
+
+
+def forward(lm: LoadedModel, input_ids: torch.Tensor, *, cache: Any = None,
+            attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+            use_cache: bool = True, logits_to_keep: int | None = None) -> Any:
+    """One forward call of ``lm.model`` with the cache under the keyword the installed transformers uses."""
+    cache_kw, has_keep = _forward_keywords(lm.model)
+    kw: dict[str, Any] = {"input_ids": input_ids, "use_cache": use_cache}
+    if cache is not None:
+        kw[cache_kw] = cache
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kw["position_ids"] = position_ids
+    if logits_to_keep is not None and has_keep:
+        kw["logits_to_keep"] = logits_to_keep
+    return lm.model(**kw)
+
+
+def _greedy(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+            stops: set[int], pad: int, settled: SettledStop | None = None, cache: Any = None) -> torch.Tensor:
+    """Greedy decoding of a batch of rows: returns ``input_ids`` with up to ``max_new_tokens`` new columns.
+
+    A row is finished at any of ``stops`` or when ``settled`` (a :class:`SettledStop`) says so; it then
+    gets ``pad`` until every row is finished. ``cache``: a KV cache holding the first
+    ``cache.get_seq_length()`` columns of every row (only the rest is prefilled)."""
+    b = input_ids.shape[0]
+    dev = input_ids.device
+    if max_new_tokens <= 0:
+        return input_ids
+    # positions from the mask: a left-padded row starts at 0, a masked-out span is skipped
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    mask: torch.Tensor | None = None if bool(attention_mask.all()) else attention_mask
+    past = cache.get_seq_length() if cache is not None else 0
+    out = forward(lm, input_ids[:, past:], cache=cache, attention_mask=mask, position_ids=positions[:, past:],
+                  logits_to_keep=1)
+    cache = output_cache(out)
+    stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=dev)
+    finished = torch.zeros(b, dtype=torch.bool, device=dev)
+    nxt_pos = positions[:, -1:] + 1
+    seq = input_ids
+    for step in range(max_new_tokens):
+        nxt = out.logits[:, -1, :].float().argmax(-1)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        if stop_t.numel():
+            finished |= torch.isin(nxt, stop_t)
+        if settled is not None:
+            finished |= settled(seq)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
+        out = forward(lm, nxt[:, None], cache=cache, attention_mask=mask, position_ids=nxt_pos)
+        cache = output_cache(out)
+        nxt_pos = nxt_pos + 1
+    return seq
 
 
 def pad_id(lm: LoadedModel) -> int:
@@ -96,44 +175,6 @@ def _trim(seq: list[int], stops: set[int], settled_at: int | None = None) -> tup
     return seq, settled_at is not None
 
 
-@dataclass
-class Progress:
-    """A one-line progress display on stderr: items done and generated tokens per second."""
-
-    total: int
-    label: str = "generate"
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        self.done = 0
-        self.tokens = 0
-        self.t0 = time.perf_counter()
-
-    def update(self, items: int, tokens: int) -> None:
-        self.done += items
-        self.tokens += tokens
-        if self.enabled:
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            width = 24
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            print(
-                f"\r{self.label} [{bar}] {self.done}/{self.total} items, {self.tokens} tokens, "
-                f"{self.tokens / dt:.1f} tok/s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr, flush=True)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / max(time.perf_counter() - self.t0, 1e-9)
-
-
 @torch.no_grad()
 def generate_greedy(
     lm: LoadedModel,
@@ -141,19 +182,20 @@ def generate_greedy(
     *,
     max_new_tokens: int = 256,
     batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
     settled: Callable[[str], bool] | None = None,
-) -> list[tuple[list[int], bool]]:
+) -> list[Completion]:
     """Greedy completions of token-id prompts, batched with left padding (prompts of similar length
     are batched together). Returns, per prompt, the completion ids (stop token excluded) and whether
     the model stopped by itself (False: it hit ``max_new_tokens``). With ``settled``, a row also stops
-    once ``settled(completion text)`` holds."""
+    once ``settled(completion text)`` holds. ``progress(items, tokens)`` is called after each batch."""
     stops = set(stop_ids(lm))
     pid = pad_id(lm)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[tuple[list[int], bool] | None] = [None] * len(prompts)
+    out: list[Completion | None] = [None] * len(prompts)
     dev = lm.device
-    for b in range(0, len(order), max(1, batch_size)):
+    batch_size = max(1, batch_size)
+    for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         seqs = [list(prompts[i]) for i in idx]
         width = max(len(s) for s in seqs)
@@ -168,10 +210,10 @@ def generate_greedy(
         n_tok = 0
         for r, i in enumerate(idx):
             seq, stopped = _trim(new[r], stops, crit.lengths[r] if crit is not None else None)
-            out[i] = (seq, stopped)
+            out[i] = Completion(seq, stopped)
             n_tok += len(seq) + (1 if stopped else 0)
         if progress is not None:
-            progress.update(len(idx), n_tok)
+            progress(len(idx), n_tok)
     return [o for o in out if o is not None]
 
 
@@ -179,7 +221,7 @@ def generate_greedy(
 def position_logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
     """Next-token logits at every position of ``ids`` (shape [len(ids), vocab]), float32."""
     x = torch.tensor([ids], dtype=torch.long, device=lm.device)
-    return lm.model(input_ids=x, use_cache=False).logits[0].float()
+    return forward(lm, x, use_cache=False).logits[0].float()
 
 
 class PrefixCache:
@@ -197,13 +239,14 @@ class PrefixCache:
         self.offset = len(ids) - keep
         with torch.no_grad():
             x = torch.tensor([ids], dtype=torch.long, device=lm.device)
-            kw = {"logits_to_keep": keep} if keep < len(ids) else {}
+            k = keep if keep < len(ids) else None
             try:
-                out = lm.model(input_ids=x, use_cache=True, **kw)
-                self.cache = out.past_key_values
+                out = forward(lm, x, use_cache=True, logits_to_keep=k)
+                self.cache = output_cache(out)
             except Exception:  # pragma: no cover - models without a croppable cache
-                out = lm.model(input_ids=x, use_cache=False, **kw)
+                out = forward(lm, x, use_cache=False, logits_to_keep=k)
             self.logits = out.logits[0].float()
+        self.offset = len(ids) - self.logits.shape[0]  # all positions when the model ignored logits_to_keep
 
     def at(self, pos: int) -> torch.Tensor:
         """Next-token logits after sequence position ``pos``."""
@@ -237,7 +280,7 @@ def rollout_batch(
     cache: PrefixCache | None = None,
     settled: Callable[[str], bool] | None = None,
     head: str = "",
-) -> list[tuple[list[int], bool]]:
+) -> list[Completion]:
     """Continue ``prefix_ids + [a]`` greedily for each alternative ``a``, as one batch of k sequences
     sharing the prefix (its KV cache is reused when ``cache`` is given). Returns per alternative the
     generated ids *after* ``a`` and whether the model stopped by itself. With ``settled``, a row stops
@@ -258,7 +301,7 @@ def rollout_rows(
     cache: PrefixCache | None = None,
     settled: Callable[[str], bool] | None = None,
     heads: Sequence[str] | None = None,
-) -> list[tuple[list[int], bool]]:
+) -> list[Completion]:
     """Rollouts at several positions of one sequence in one batch: row ``r`` continues
     ``ids[:starts[r]] + [alternatives[r]]`` greedily for at most ``budgets[r]`` tokens.
 
@@ -281,20 +324,19 @@ def rollout_rows(
         mask[r, s:top] = 0
     limit = max(budgets)
     if limit <= 0:
-        return [([], False) for _ in alternatives]
+        return [Completion([], False) for _ in alternatives]
     kv = cache.prefix(top, m) if cache is not None else None
-    kw = {"past_key_values": kv} if kv is not None else {}
     heads = list(heads) if heads is not None else [""] * m
     # the alternative itself counts toward the settled text and the row's length (+1)
     crit = SettledStop(lm, settled, top, heads, [b + 1 for b in budgets])
     if settled is not None:  # an alternative that settles the verdict by itself needs no continuation
         crit.lengths = [1 if settled(h + lm.tokenizer.decode([int(a)], skip_special_tokens=True)) else None
                         for h, a in zip(heads, alternatives, strict=True)]
-    gen = _greedy(lm, rows, mask, limit, stops, pid, settled=crit, **kw)
-    results: list[tuple[list[int], bool]] = []
+    gen = _greedy(lm, rows, mask, limit, stops, pid, settled=crit, cache=kv)
+    results: list[Completion] = []
     for r in range(m):
         n = crit.lengths[r]
         seq = gen[r, top + 1 :].tolist()[: max(budgets[r], 0)]
         seq, stopped = _trim(seq, stops, None if n is None else n - 1)
-        results.append((seq, stopped))
+        results.append(Completion(seq, stopped))
     return results

@@ -19,37 +19,9 @@ import torch
 from torch import nn
 
 from contrastlens.adapters import ArchAdapter
-from contrastlens.attribution.taps import layer_names  # noqa: F401  (re-exported for graph modules)
 
 _CAPTURE_KEY = "contrastlens_capture"
 _CAPTURE_HOOKS: dict[int, Callable] = {}
-
-
-# --------------------------------------------------------------------------------------- node names
-def layer_index(name: str) -> float:
-    """A sortable position of a node layer in model order: emb -> -1, ``l.mid`` -> l - 0.5, ``l`` -> l."""
-    if name == "emb":
-        return -1.0
-    if name.endswith(".mid"):
-        return int(name[:-4]) - 0.5
-    return float(int(name))
-
-
-def sub_blocks(src: str, tgt: str) -> list[tuple[int, str]]:
-    """The sub-blocks between two node layers, in order: ``(block, "attn" | "mlp")``."""
-    a, b = layer_index(src), layer_index(tgt)
-    if b <= a:
-        raise ValueError(f"{tgt!r} does not come after {src!r}")
-    ops: list[tuple[int, str]] = []
-    x = a
-    while x < b:
-        if x == int(x):  # a block output (or emb = -1): next is the attention of block x+1
-            ops.append((int(x) + 1, "attn"))
-            x += 0.5
-        else:  # a mid: next is the MLP of block x+0.5
-            ops.append((int(x + 0.5), "mlp"))
-            x += 0.5
-    return ops
 
 
 # ------------------------------------------------------------------------------------ sub-block maps

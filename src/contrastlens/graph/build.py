@@ -2,71 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from contrastlens import nodes
+from contrastlens.attribution.explain import check_model, explain
+from contrastlens.attribution.explanation import Explanation
+from contrastlens.attribution.spec import AttributionSpec, Explainable, check_compatible
 from contrastlens.errors import InputError
-from contrastlens.graph._model import (
-    PositionEmbeddings,
-    block_view,
-    free_memory_bytes,
-    layer_index,
-    layer_names,
-)
+from contrastlens.graph._model import PositionEmbeddings, block_view, free_memory_bytes
 from contrastlens.graph.exact import ExactAttention, ExactNotApplicable
 from contrastlens.graph.graph import AttributionGraph, Edges
 from contrastlens.graph.prune import PruneSpec, StreamingCumMass, cum_mass_threshold
 from contrastlens.graph.replay import replay_rows
+from contrastlens.models.loaded import LoadedModel
+from contrastlens.rules.context import active_rule, apply_rules, get_rule
 
 METHODS = ("exact", "replay")
 Progress = Callable[[str, int, int], None]
 
 
-def _explain(lm, prompt, target, contrast, **kw):
-    from contrastlens.attribution.explain import explain
-
-    return explain(lm, prompt, target=target, contrast=contrast, keep_states=True, **kw)
-
-
 def parse_layers(layers: Sequence[str | int] | str | None, num_layers: int, mid: bool) -> list[str]:
-    """Node layers in model order. ``None``: every layer (with ``l.mid`` nodes if ``mid``). Otherwise a
-    list (or comma-separated string) of ``emb`` (also ``-1``, the paper's name), block indices and
-    ``l.mid`` names."""
-    if layers is None:
-        return layer_names(num_layers, mid)
-    if isinstance(layers, str):
-        layers = [x for x in layers.replace(" ", "").split(",") if x]
-    allowed = set(layer_names(num_layers, True))
-    out: list[str] = []
-    for x in layers:
-        name = str(x).strip()
-        if name in ("-1", "embeddings", "input"):
-            name = "emb"
-        base, dot, rest = name.partition(".")
-        if base.isdigit():
-            name = f"{int(base)}{dot}{rest}"
-        if name not in allowed:
-            raise InputError(f"unknown graph layer {x!r}; use emb, 0..{num_layers - 1} or l.mid")
-        if name not in out:
-            out.append(name)
-    if len(out) < 2:
-        raise InputError("a graph needs at least two layers")
-    return sorted(out, key=layer_index)
-
-
-def _transition_kind(src: str, tgt: str) -> tuple[str, int]:
-    """("mlp", l) for l.mid -> l; ("attn", l) for l-1 -> l.mid; ("block", l) for l-1 -> l; else replay."""
-    a, b = layer_index(src), layer_index(tgt)
-    if src.endswith(".mid") and not tgt.endswith(".mid") and b == a + 0.5:
-        return "mlp", int(b)
-    if not src.endswith(".mid") and tgt.endswith(".mid") and b == a + 0.5:
-        return "attn", int(b + 0.5)
-    if not src.endswith(".mid") and not tgt.endswith(".mid") and b == a + 1:
-        return "block", int(b)
-    return "replay", -1
+    """Node layers in model order (see :func:`contrastlens.nodes.parse_layers`)."""
+    return nodes.parse_layers(layers, num_layers, mid)
 
 
 def _row_major(r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -197,8 +161,8 @@ def _dense_edges(A: torch.Tensor, spec: PruneSpec | None) -> tuple[Edges, dict]:
 
 
 def attribution_graph(
-    lm,
-    prompt=None,
+    lm: LoadedModel,
+    prompt: str | Sequence[int] | Explainable | None = None,
     target: int | str | None = None,
     contrast: int | str | None = None,
     *,
@@ -207,36 +171,58 @@ def attribution_graph(
     layers: Sequence[str | int] | str | None = None,
     node_threshold: float = 0.0,
     prune: str | PruneSpec | dict | None = None,
-    rule: str = "attnlrp",
-    objective: str = "logit_diff",
-    explanation=None,
+    rule: str | None = None,
+    objective: str | None = None,
+    explanation: Explanation | None = None,
     batch_size: int | None = None,
     block_rows: int | None = None,
     cache_mib: float | None = None,
     progress: Progress | None = None,
-    **explain_kwargs,
+    **explain_kwargs: Any,
 ) -> AttributionGraph:
     """Build the cross-layer attribution graph of one contrastive prediction.
+
+    ``prompt`` is what :func:`~contrastlens.explain` takes (a string, token ids, or a ``FailureCase``);
+    ``rule`` (default ``attnlrp``), ``objective`` (default ``logit_diff``) and ``explain_kwargs`` go to
+    that explanation. Or pass ``explanation`` (from ``explain(..., keep_states=True)``) to reuse one: the
+    graph then takes its :class:`AttributionSpec` (rule, objective, target, contrast) from it, a ``rule``
+    or ``objective`` that disagrees is an error, and so is a model whose weight fingerprint differs from
+    the explanation's.
 
     ``method="exact"`` (default) uses the closed form for adjacent transitions (``l-1 -> l.mid``,
     ``l.mid -> l``, ``l-1 -> l``) and replay for any other pair; ``method="replay"`` replays every
     transition (the reference). ``layers`` picks node layers (default: all, with ``l.mid`` nodes if
     ``mid``). ``node_threshold`` drops target rows j with |R_t[j]| <= threshold before computing edges (the
     paper uses 0.01). ``prune`` is ``"cum_mass:0.85"`` / ``"threshold:0.01"`` (per transition, applied
-    while the edges are produced, so no dense matrix is kept). Pass ``explanation`` (from
-    ``explain(..., keep_states=True)``) to reuse one; otherwise the prediction is explained here.
-    ``progress(stage, done, total)`` is called per transition and per replay chunk. ``cache_mib``
-    bounds the row blocks one cum-mass transition may keep between its two passes (default: 1/16 of the
-    free memory, at most 1 GiB; 0 recomputes every candidate row).
+    while the edges are produced, so no dense matrix is kept). ``progress(stage, done, total)`` is called
+    per transition and per replay chunk. ``cache_mib`` bounds the row blocks one cum-mass transition may
+    keep between its two passes (default: 1/16 of the free memory, at most 1 GiB; 0 recomputes every
+    candidate row).
     """
     if method not in METHODS:
         raise InputError(f"unknown graph method {method!r}; choose one of: {', '.join(METHODS)}")
+    if not (math.isfinite(node_threshold) and node_threshold >= 0):
+        raise InputError(f"node_threshold must be a finite number >= 0, got {node_threshold}")
     spec = PruneSpec.parse(prune)
     t0 = time.perf_counter()
     if explanation is None:
         if prompt is None:
             raise InputError("give a prompt (or an explanation made with keep_states=True)")
-        explanation = _explain(lm, prompt, target, contrast, objective=objective, rule=rule, **explain_kwargs)
+        if isinstance(prompt, Explainable):
+            explanation = explain(lm, prompt, rule=rule or "attnlrp", objective=objective or "logit_diff",
+                                  keep_states=True, **explain_kwargs)
+        else:
+            explanation = explain(lm, prompt, target, contrast, rule=rule or "attnlrp",
+                                  objective=objective or "logit_diff", keep_states=True, **explain_kwargs)
+    else:
+        extra = [k for k, v in (("prompt", prompt), ("target", target), ("contrast", contrast)) if v is not None]
+        extra += sorted(explain_kwargs)
+        if extra:
+            raise InputError(f"{', '.join(e + '=' for e in extra)} cannot apply with explanation= "
+                             "(the explanation fixes its inputs); pass one or the other")
+        check_compatible(explanation.spec, rule=rule, objective=objective)
+        check_model(lm, explanation.provenance, what="the explanation", on_mismatch="error")
+    aspec: AttributionSpec = explanation.spec
     t_explain = time.perf_counter() - t0
     states = getattr(explanation, "states", None)
     if not states:
@@ -247,14 +233,15 @@ def attribution_graph(
     n = int(states["emb"][0].shape[0])
     rel = {k: (h.float() * g.float()).sum(-1) for k, (h, g) in states.items()}
 
-    from contrastlens.rules.context import RULES, apply_rules, rules_active
-
-    rs = RULES[rule.lower().replace("_", "-")]
+    rs = get_rule(aspec.rule)
+    current = active_rule(model)
+    if current is not None and current != rs.name:
+        raise InputError(f"rules {current!r} are applied to the model, but the explanation was made with {rs.name!r}")
     edges: dict[tuple[str, str], Edges] = {}
     trans = list(zip(names[:-1], names[1:], strict=True))
     device = states["emb"][0].device
     timings = {}
-    ctx = apply_rules(model, rule) if not rules_active(model) else _null()
+    ctx = apply_rules(model, rs) if current is None else contextlib.nullcontext()
     with ctx, torch.no_grad():
         pe = PositionEmbeddings(model, adapter, n, device=device, dtype=states["emb"][0].dtype)
         if cache_mib is None:
@@ -268,7 +255,7 @@ def attribution_graph(
             row_keep = None
             if node_threshold > 0:
                 row_keep = (rel[t].abs() > node_threshold).float()
-            kind, blk = _transition_kind(s, t) if method == "exact" else ("replay", -1)
+            kind, blk = nodes.transition_kind(s, t) if method == "exact" else ("replay", -1)
             used = kind
             e: Edges | None = None
             if kind == "mlp":
@@ -278,7 +265,7 @@ def attribution_graph(
                 e, info = _dense_diag(d, vals, spec)
             elif kind in ("attn", "block"):
                 try:
-                    ex = ExactAttention(block_view(model, adapter, blk), states[s][0], states[f"{blk}.mid"][1],
+                    ex = ExactAttention(block_view(model, adapter, blk), states[s][0], states[nodes.mid(blk)][1],
                                         pe(blk), c_v=rs.v_scale, c_k=rs.k_scale, block_rows=block_rows)
                     e, info = _exact_transition(ex, rel[s], spec, row_keep, states[t][1], cache_bytes)
                     del ex
@@ -304,15 +291,16 @@ def attribution_graph(
             edges[(s, t)] = e
             timings[f"{s}->{t}"] = e.info["seconds"]
     relevance = {k: rel[k].cpu().numpy() for k in names}
-    mask = None
+    mask: dict[str, np.ndarray] = {}  # empty: every node
     if node_threshold > 0:
         mask = {k: np.abs(relevance[k]) > node_threshold for k in names}
         mask[names[-1]][n - 1] = True
     meta = {
-        "method": method, "rule": rule, "objective": objective, "n": n, "mid": mid,
+        "method": method, "n": n, "mid": mid,
         "node_threshold": node_threshold, "prune": None if spec is None else f"{spec.mode}:{spec.value}",
-        "target_id": getattr(explanation, "target_id", None), "contrast_id": getattr(explanation, "contrast_id", None),
-        "source": getattr(lm, "source", None), "seconds_explain": t_explain,
+        "spec": aspec.to_dict(), "spec_hash": aspec.hash(),
+        "provenance": explanation.provenance.to_dict() if explanation.provenance is not None else None,
+        "source": lm.source, "seconds_explain": t_explain,
         "seconds_edges": time.perf_counter() - t0 - t_explain,
         "final_norm_bias_share": float(getattr(explanation, "final_norm_bias_share", 0.0) or 0.0),
     }
@@ -326,10 +314,3 @@ def _dense_diag(d: torch.Tensor, vals: torch.Tensor, spec: PruneSpec | None) -> 
     keep, info = _keep_mask(np.abs(v), spec)
     return Edges(r[keep], r[keep], v[keep]), info
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -12,11 +12,14 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from contrastlens.attribution.spec import AttributionSpec
 from contrastlens.errors import InputError
 from contrastlens.graph.prune import PruneSpec, prune_coo
+from contrastlens.provenance import Provenance
 
 FORMAT_VERSION = 1
 
@@ -60,12 +63,12 @@ class AttributionGraph:
     relevance: dict[str, np.ndarray]
     edges: dict[tuple[str, str], Edges]
     logit_diff: float
-    node_mask: dict[str, np.ndarray] | None = None
+    node_mask: dict[str, np.ndarray] = field(default_factory=dict)  # empty: every node
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.relevance = {k: np.asarray(v, dtype=np.float32) for k, v in self.relevance.items()}
-        if self.node_mask is None:
+        if not self.node_mask:
             self.node_mask = {k: np.ones(self.n, dtype=bool) for k in self.layers}
 
     # ------------------------------------------------------------------------------------ basics
@@ -76,6 +79,18 @@ class AttributionGraph:
     @property
     def transitions(self) -> list[tuple[str, str]]:
         return list(zip(self.layers[:-1], self.layers[1:], strict=True))
+
+    @property
+    def spec(self) -> AttributionSpec | None:
+        """The attribution spec of the explanation the graph was built from (None for graphs saved before
+        specs were recorded)."""
+        d = self.meta.get("spec")
+        return AttributionSpec.from_dict(d) if d else None
+
+    @property
+    def provenance(self) -> Provenance | None:
+        """Package versions, model source, revision and weight fingerprint of the graph's model."""
+        return Provenance.from_dict(self.meta.get("provenance"))
 
     @property
     def final_node(self) -> tuple[str, int]:
@@ -161,7 +176,7 @@ class AttributionGraph:
     def node_id(self, layer: str, pos: int) -> str:
         return f"{layer}@{pos}"
 
-    def to_networkx(self):
+    def to_networkx(self) -> Any:
         """A ``networkx.DiGraph`` with nodes ``(layer, position)`` (attributes layer, pos, token, relevance)
         and edges ``(s, i) -> (t, j)`` with ``weight = A[j, i]``."""
         import networkx as nx
@@ -231,18 +246,18 @@ class AttributionGraph:
         return cls(layers, header["tokens"], rel, edges, float(header["logit_diff"]), mask, header["meta"])
 
     # -------------------------------------------------------------------------------- analyses
-    def metrics(self):
+    def metrics(self) -> Any:
         """Per-layer graph metrics (a pandas DataFrame); see :mod:`contrastlens.graph.metrics`."""
         from contrastlens.graph.metrics import graph_metrics
 
         return graph_metrics(self)
 
-    def trajectory(self, pos: int):
+    def trajectory(self, pos: int) -> Any:
         from contrastlens.graph.trajectories import token_trajectory
 
         return token_trajectory(self, pos)
 
-    def to_html(self, path: str | Path | None = None, **kw) -> str:
+    def to_html(self, path: str | Path | None = None, **kw: Any) -> str:
         from contrastlens.graph.html import graph_html
 
         html = graph_html(self, **kw)

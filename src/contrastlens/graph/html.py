@@ -12,12 +12,14 @@ import html as _html
 
 import numpy as np
 
+from contrastlens.graph.graph import AttributionGraph
+
 
 def _colour(v: float) -> str:
     return "#c0392b" if v >= 0 else "#2e6fba"
 
 
-def graph_html(graph, *, max_edges: int = 4000, title: str | None = None, only_active: bool = True) -> str:
+def graph_html(graph: AttributionGraph, *, max_edges: int = 4000, title: str | None = None, only_active: bool = True) -> str:
     n, layers = graph.n, graph.layers
     # columns: positions that have a node with an edge (or all, for small graphs)
     used = np.zeros(n, dtype=bool)

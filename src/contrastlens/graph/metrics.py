@@ -20,10 +20,15 @@ Gini: G = sum_k (2k - m - 1) x_(k) / (m sum x) over the m values sorted ascendin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    from contrastlens.graph.graph import AttributionGraph
 
-def gini(x) -> float:
+
+def gini(x: Any) -> float:
     x = np.sort(np.abs(np.asarray(x, dtype=np.float64).ravel()))
     m = x.size
     s = x.sum()
@@ -33,7 +38,7 @@ def gini(x) -> float:
     return float(((2 * k - m - 1) * x).sum() / (m * s))
 
 
-def top_mass_count(x, fraction: float = 0.9) -> int:
+def top_mass_count(x: Any, fraction: float = 0.9) -> int:
     """The smallest number of values (by |x|, largest first) holding ``fraction`` of sum |x|."""
     a = np.sort(np.abs(np.asarray(x, dtype=np.float64).ravel()))[::-1]
     if a.size == 0 or a.sum() <= 0:
@@ -42,7 +47,7 @@ def top_mass_count(x, fraction: float = 0.9) -> int:
     return int(np.searchsorted(cs, fraction * cs[-1] * (1 - 1e-12), side="left")) + 1
 
 
-def core_nodes(graph, layer: str, fraction: float = 0.9) -> list[int]:
+def core_nodes(graph: AttributionGraph, layer: str, fraction: float = 0.9) -> list[int]:
     """The positions of the smallest node set of ``layer`` holding ``fraction`` of its |R| (largest first)."""
     nodes = graph.nodes(layer)
     r = np.abs(graph.relevance[layer][nodes].astype(np.float64))
@@ -50,7 +55,7 @@ def core_nodes(graph, layer: str, fraction: float = 0.9) -> list[int]:
     return nodes[np.argsort(-r, kind="stable")[:k]].tolist()
 
 
-def hub_nodes(graph, layer: str, direction: str = "in") -> list[int]:
+def hub_nodes(graph: AttributionGraph, layer: str, direction: str = "in") -> list[int]:
     """Positions of the layer's nodes whose in- (or out-) degree exceeds mean + std."""
     li = graph.layers.index(layer)
     if direction == "in":
@@ -74,7 +79,7 @@ def _hubs(deg: np.ndarray) -> int:
     return int((deg > deg.mean() + deg.std()).sum())
 
 
-def layer_metrics(graph, layer: str) -> dict:
+def layer_metrics(graph: AttributionGraph, layer: str) -> dict:
     n = graph.n
     li = graph.layers.index(layer)
     nodes = graph.nodes(layer)
@@ -118,7 +123,7 @@ def layer_metrics(graph, layer: str) -> dict:
     return row
 
 
-def graph_metrics(graph):
+def graph_metrics(graph: AttributionGraph) -> Any:
     """One row per node layer (index: the layer name), columns as in the module docstring."""
     import pandas as pd
 

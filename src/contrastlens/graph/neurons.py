@@ -13,10 +13,20 @@ factors), plus the total in ``DataFrame.attrs``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 
+from contrastlens import nodes
+from contrastlens.attribution.explain import check_model
+from contrastlens.attribution.explanation import Explanation
+from contrastlens.attribution.spec import check_compatible
 from contrastlens.errors import InputError
-from contrastlens.graph._model import block_view, layer_index, layer_names
+from contrastlens.graph._model import block_view
+from contrastlens.models.loaded import LoadedModel
+from contrastlens.rules.context import active_rule, apply_rules, get_rule
 
 
 def _top(values: torch.Tensor, k: int, **cols):
@@ -32,24 +42,41 @@ def _top(values: torch.Tensor, k: int, **cols):
     return df
 
 
-def _state(explanation, layer: str):
+@contextlib.contextmanager
+def _rules_of(lm: LoadedModel, explanation: Explanation, rule: str | None) -> Iterator[None]:
+    """The explanation's rules on ``lm`` for the block (a ``rule`` that disagrees with the explanation's
+    spec, or a model with other weights, is an error)."""
+    check_compatible(explanation.spec, rule=rule)
+    check_model(lm, explanation.provenance, what="the explanation", on_mismatch="error")
+    want = get_rule(explanation.spec.rule)
+    current = active_rule(lm.model)
+    if current is None:
+        with apply_rules(lm.model, want):
+            yield
+    elif current == want.name:
+        yield
+    else:
+        raise InputError(f"rules {current!r} are applied to the model, but the explanation was made with {want.name!r}")
+
+
+def _state(explanation: Explanation, layer: str) -> tuple[Any, Any]:
     states = getattr(explanation, "states", None)
     if not states or layer not in states:
         raise InputError(f"the explanation has no state {layer!r}; make it with keep_states=True")
     return states[layer]
 
 
-def state_dimensions(explanation, layer: str, pos: int, top_k: int = 10):
+def state_dimensions(explanation: Explanation, layer: str, pos: int, top_k: int = 10) -> Any:
     """Top-k hidden dimensions of node (layer, pos) by |h * g~|."""
     h, g = _state(explanation, layer)
     p = int(pos) % h.shape[0]
     return _top(h[p].float() * g[p].float(), top_k, h=h[p], grad=g[p])
 
 
-def mlp_neurons(lm, explanation, block: int, pos: int, top_k: int = 10, rule: str = "attnlrp"):
-    """Top-k MLP neurons of ``block`` at position ``pos`` by |z * dS/dz| (modified gradient)."""
-    from contrastlens.rules.context import apply_rules, rules_active
-
+def mlp_neurons(lm: LoadedModel, explanation: Explanation, block: int, pos: int, top_k: int = 10,
+                rule: str | None = None) -> Any:
+    """Top-k MLP neurons of ``block`` at position ``pos`` by |z * dS/dz| (modified gradient, under the
+    explanation's rule; ``rule`` may only repeat it)."""
     model, adapter = lm.model, lm.adapter
     L = adapter.num_layers(model)
     if not 0 <= block < L:
@@ -57,20 +84,19 @@ def mlp_neurons(lm, explanation, block: int, pos: int, top_k: int = 10, rule: st
     view = block_view(model, adapter, block)
     if view.down_proj is None:
         raise InputError(f"{adapter.name}: no MLP output projection found")
-    mid, _ = _state(explanation, f"{block}.mid")
-    _, g_out = _state(explanation, str(block))
-    p = int(pos) % mid.shape[0]
+    h_mid, _ = _state(explanation, nodes.mid(block))
+    _, g_out = _state(explanation, nodes.post(block))
+    p = int(pos) % h_mid.shape[0]
     got = {}
 
     def pre(_m, args):
         got["z"] = args[0].detach()
 
-    ctx = apply_rules(model, rule) if not rules_active(model) else _Null()
-    with ctx:
+    with _rules_of(lm, explanation, rule):
         handle = view.down_proj.register_forward_pre_hook(pre)
         try:
             with torch.no_grad():
-                x = mid[p][None, None]
+                x = h_mid[p][None, None]
                 view.mlp(view.mlp_in_norm(x) if view.mlp_in_norm is not None else x)
         finally:
             handle.remove()
@@ -84,48 +110,42 @@ def mlp_neurons(lm, explanation, block: int, pos: int, top_k: int = 10, rule: st
     return _top(z.float() * gz.float(), top_k, activation=z, grad=gz)
 
 
-def edge_dimensions(lm, explanation, src: str, tgt: str, j: int, i: int, top_k: int = 10,
-                    rule: str = "attnlrp"):
-    """Top-k dimensions of source state h_src[i] for the edge (src, i) -> (tgt, j)."""
+def edge_dimensions(lm: LoadedModel, explanation: Explanation, src: str, tgt: str, j: int, i: int,
+                    top_k: int = 10, rule: str | None = None) -> Any:
+    """Top-k dimensions of source state h_src[i] for the edge (src, i) -> (tgt, j) (under the explanation's
+    rule; ``rule`` may only repeat it)."""
     from contrastlens.graph.replay import replay_rows
-    from contrastlens.rules.context import apply_rules, rules_active
 
     model, adapter = lm.model, lm.adapter
-    allowed = layer_names(adapter.num_layers(model), True)
-    if src not in allowed or tgt not in allowed or layer_index(tgt) <= layer_index(src):
+    L = adapter.num_layers(model)
+    src, tgt = nodes.canonical(src, L), nodes.canonical(tgt, L)
+    if nodes.layer_index(tgt) <= nodes.layer_index(src):
         raise InputError(f"no edge from layer {src!r} to layer {tgt!r}")
     h, _ = _state(explanation, src)
     _, g = _state(explanation, tgt)
     n = h.shape[0]
     j, i = int(j) % n, int(i) % n
-    ctx = apply_rules(model, rule) if not rules_active(model) else _Null()
-    with ctx:
+    with _rules_of(lm, explanation, rule):
         per_dim = replay_rows(model, adapter, src, tgt, h, g, [j], batch_size=1, reduce=False)[0, i]
     return _top(per_dim, top_k, h=h[i])
 
 
-def refine(lm, explanation, node: tuple[str, int] | None = None, edge=None, top_k: int = 10) -> dict:
+def refine(lm: LoadedModel, explanation: Explanation, node: tuple[str, int] | None = None,
+           edge: tuple[tuple[str, int], tuple[str, int]] | None = None, top_k: int = 10) -> dict:
     """Coarse to fine for one node (``(layer, pos)``) or edge (``((src, i), (tgt, j))``): the top hidden
     dimensions and, where the node is a block output or the edge crosses an MLP, the top MLP neurons."""
     out: dict = {}
     if node is not None:
         layer, pos = node
         out["dimensions"] = state_dimensions(explanation, layer, pos, top_k)
-        if layer != "emb" and not layer.endswith(".mid"):
-            out["mlp_neurons"] = mlp_neurons(lm, explanation, int(layer), pos, top_k)
+        if nodes.is_post(layer):
+            out["mlp_neurons"] = mlp_neurons(lm, explanation, nodes.block_of(layer), pos, top_k)
     if edge is not None:
         (s, i), (t, j) = edge
         out["edge_dimensions"] = edge_dimensions(lm, explanation, s, t, j, i, top_k)
-        if s.endswith(".mid") and t == s[:-4]:
-            out["mlp_neurons"] = mlp_neurons(lm, explanation, int(t), j, top_k)
+        if nodes.transition_kind(s, t)[0] == "mlp":
+            out["mlp_neurons"] = mlp_neurons(lm, explanation, nodes.block_of(t), j, top_k)
     if not out:
         raise InputError("give a node=(layer, pos) or an edge=((src, i), (tgt, j))")
     return out
 
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

@@ -10,9 +10,12 @@ is chosen from n, the model's width and the free memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
+from contrastlens.adapters import ArchAdapter
 from contrastlens.graph._model import (
     PositionEmbeddings,
     additive_mask,
@@ -21,18 +24,18 @@ from contrastlens.graph._model import (
     free_memory_bytes,
     mlp_sub_block,
     sliding_window,
-    sub_blocks,
 )
+from contrastlens.nodes import sub_blocks
 
 Progress = Callable[[int, int], None]
 
 
-def _config(model):
+def _config(model: nn.Module) -> Any:
     cfg = model.config
     return getattr(cfg, "get_text_config", lambda: cfg)()
 
 
-def replay_batch_size(model, n: int, num_sub_blocks: int, *, device: torch.device, dtype: torch.dtype,
+def replay_batch_size(model: nn.Module, n: int, num_sub_blocks: int, *, device: torch.device, dtype: torch.dtype,
                       memory_fraction: float = 0.25) -> int:
     """Largest B whose replay activations fit in ``memory_fraction`` of the free memory.
 
@@ -71,8 +74,8 @@ class Replayer:
 
 
 def replay_rows(
-    model,
-    adapter,
+    model: nn.Module,
+    adapter: ArchAdapter,
     src: str,
     tgt: str,
     h_src: torch.Tensor,
@@ -115,7 +118,8 @@ def replay_rows(
     return out
 
 
-def replay_matrix(model, adapter, src: str, tgt: str, h_src, g_tgt, *, rows=None, batch_size=None,
+def replay_matrix(model: nn.Module, adapter: ArchAdapter, src: str, tgt: str, h_src: torch.Tensor,
+                  g_tgt: torch.Tensor, *, rows: Sequence[int] | None = None, batch_size: int | None = None,
                   progress: Progress | None = None) -> torch.Tensor:
     """The dense [n, n] matrix (rows not in ``rows`` are 0)."""
     n = h_src.shape[0]
@@ -128,7 +132,7 @@ def replay_matrix(model, adapter, src: str, tgt: str, h_src, g_tgt, *, rows=None
     return A
 
 
-def replay_forward(model, adapter, src: str, tgt: str, h_src: torch.Tensor) -> torch.Tensor:
+def replay_forward(model: nn.Module, adapter: ArchAdapter, src: str, tgt: str, h_src: torch.Tensor) -> torch.Tensor:
     """The replayed target states for one copy (a check that the maps and masks reproduce the model)."""
     n = h_src.shape[0]
     rp = Replayer(model, adapter, src, tgt, n, device=h_src.device, dtype=h_src.dtype)

@@ -8,7 +8,14 @@ R_t[n-1]). The last layer has no outgoing transition (NaN).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from contrastlens.graph.graph import AttributionGraph
 
 
 def _entry(edges, j: int, i: int) -> float:
@@ -16,7 +23,7 @@ def _entry(edges, j: int, i: int) -> float:
     return float(edges.vals[hit].sum()) if hit.any() else 0.0
 
 
-def token_trajectory(graph, pos: int):
+def token_trajectory(graph: AttributionGraph, pos: int) -> Any:
     """A DataFrame with one row per node layer for token ``pos`` (negative counts from the end)."""
     import pandas as pd
 
@@ -40,7 +47,7 @@ def token_trajectory(graph, pos: int):
     return pd.DataFrame(rows)
 
 
-def trajectories(graph, positions=None, top: int = 5):
+def trajectories(graph: AttributionGraph, positions: Sequence[int] | None = None, top: int = 5) -> Any:
     """Trajectories of several tokens (default: the ``top`` tokens by |R| at the embeddings, plus the last
     position), stacked in one long DataFrame."""
     import pandas as pd
@@ -51,7 +58,8 @@ def trajectories(graph, positions=None, top: int = 5):
     return pd.concat([token_trajectory(graph, p) for p in positions], ignore_index=True)
 
 
-def plot_trajectories(graph, positions=None, top: int = 5, path=None, ax=None):
+def plot_trajectories(graph: AttributionGraph, positions: Sequence[int] | None = None, top: int = 5,
+                      path: str | Path | None = None, ax: Any = None) -> Any:
     """Relevance across layers (left) and the per-layer contribution to the final position (right)."""
     import matplotlib
 

@@ -3,23 +3,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from contrastlens.adapters import ArchAdapter, get_adapter
 from contrastlens.errors import InputError, TokenizationError
+from contrastlens.provenance import Provenance
 
 
 @dataclass
 class LoadedModel:
+    """A causal LM with its tokenizer. ``folder``: where its weights were read from (None: built in memory),
+    used for the weight fingerprint."""
+
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Any
     source: str
     revision: str | None = None
+    folder: str | None = None
     adapter: ArchAdapter = field(init=False)
+    _fingerprint: str | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.adapter = get_adapter(self.model)
+
+    # ------------------------------------------------------------ provenance
+    @property
+    def fingerprint(self) -> str:
+        """A short identity of the weights (see :mod:`contrastlens.models.fingerprint`), computed once."""
+        if self._fingerprint is None:
+            from contrastlens.models.fingerprint import folder_fingerprint, state_fingerprint
+
+            fp = folder_fingerprint(self.folder) if self.folder else None
+            self._fingerprint = fp or state_fingerprint(self.model)
+        return self._fingerprint
+
+    def provenance(self) -> Provenance:
+        """Source, revision, weight fingerprint and package versions of this model."""
+        return Provenance(model_source=self.source, model_revision=self.revision, model_fingerprint=self.fingerprint)
+
+    @property
+    def attn_implementation(self) -> str | None:
+        return getattr(self.model.config, "_attn_implementation", None)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
 
     # ------------------------------------------------------------------ info
     @property

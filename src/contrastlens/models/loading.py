@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import torch
 from contrastlens.errors import ContrastLensError, ModelLoadError
 from contrastlens.models.catalog import CATALOG, CatalogEntry
 from contrastlens.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -102,7 +104,19 @@ def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | 
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load model {source!r}: {msg}") from e
     model.eval()
-    return LoadedModel(model, tok, source, revision)
+    return LoadedModel(model, tok, source, revision, folder=_weights_folder(folder, revision))
+
+
+def _weights_folder(folder: str | Path, revision: str | None) -> str | None:
+    """The local folder holding the weights: the folder itself, or a hub id's cached snapshot."""
+    if os.path.isdir(folder):
+        return str(folder)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(folder), revision=revision, local_files_only=True)
+    except Exception:  # not in the local cache in a usable form: the state dict is fingerprinted instead
+        return None
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -210,7 +224,7 @@ def _gguf_folder(path: Path, *, expected_sha: str | None, name: str, folder: Pat
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
-    print(f"contrastlens: converting {path.name} once to safetensors in {folder} ...", file=sys.stderr)
+    log.info("converting %s once to safetensors in %s ...", path.name, folder)
     _quiet_loading()
     src_dir, fname = str(path.parent), path.name
     try:

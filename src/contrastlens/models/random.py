@@ -8,6 +8,7 @@ are randomised too, so that every rule (and every bias path) is exercised.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def _tokenizer_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def random_tokenizer(vocab_size: int = 512):
+def random_tokenizer(vocab_size: int = 512) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -62,10 +63,10 @@ def random_tokenizer(vocab_size: int = 512):
     return tok
 
 
-def _config(arch: str, vocab: int, **over):
+def _config(arch: str, vocab: int, **over: Any) -> Any:
     import transformers as tf
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=128,
@@ -119,8 +120,8 @@ def build_random_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
     vocab_size: int = 512,
-    **config_overrides,
-):
+    **config_overrides: Any,
+) -> tuple[torch.nn.Module, Any]:
     """A randomly initialised causal LM of ``arch`` and its tokenizer (deterministic given ``seed``)."""
     from transformers import AutoModelForCausalLM
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from contrastlens.adapters import ArchAdapter, get_adapter
 from contrastlens.adapters.base import get_submodule
 from contrastlens.errors import ContrastLensError, UnsupportedArchitectureError
 from contrastlens.rules.functions import GradScale, IdentityRule, NormRule
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 
 @dataclass(frozen=True)
@@ -56,16 +60,26 @@ _ACTIVE_ATTR = "_contrastlens_rules_active"
 
 
 def rules_active(model: nn.Module) -> bool:
-    return bool(getattr(model, _ACTIVE_ATTR, False))
+    return active_rule(model) is not None
 
 
-def _rule_set(rule: str | RuleSet) -> RuleSet:
+def active_rule(model: nn.Module) -> str | None:
+    """The name of the rule set applied to ``model`` right now (None: no rules are applied)."""
+    v = getattr(model, _ACTIVE_ATTR, None)
+    return v if isinstance(v, str) else None
+
+
+def get_rule(rule: str | RuleSet) -> RuleSet:
+    """The rule set named ``rule`` (``attnlrp``, ``cp-lrp``; case and ``_``/``-`` do not matter)."""
     if isinstance(rule, RuleSet):
         return rule
-    key = rule.lower().replace("_", "-")
+    key = str(rule).lower().replace("_", "-")
     if key not in RULES:
         raise ContrastLensError(f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}")
     return RULES[key]
+
+
+_rule_set = get_rule
 
 
 def _norm_kind(module: nn.Module, adapter: ArchAdapter) -> str:
@@ -83,29 +97,28 @@ class _Patcher:
     """Records every change so that it can be undone in reverse order."""
 
     def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], object]] = []
         self._seen: set[int] = set()
 
-    def set_forward(self, module: nn.Module, fn: Callable) -> None:
+    def set_forward(self, module: nn.Module, fn: Callable[..., Any]) -> None:
         if id(module) in self._seen:
             return
         self._seen.add(id(module))
-        had = "forward" in module.__dict__
-        old = module.__dict__.get("forward")
+        old: Callable[..., Any] | None = module.__dict__.get("forward")  # an instance-level forward
         module.forward = fn
 
         def undo() -> None:
-            if had:
+            if old is not None:
                 module.forward = old
             else:
                 del module.forward
 
         self._undo.append(undo)
 
-    def hook(self, handle) -> None:
+    def hook(self, handle: RemovableHandle) -> None:
         self._undo.append(handle.remove)
 
-    def call(self, fn: Callable[[], None]) -> None:
+    def call(self, fn: Callable[[], object]) -> None:
         self._undo.append(fn)
 
     def restore(self) -> None:
@@ -113,8 +126,8 @@ class _Patcher:
             self._undo.pop()()
 
 
-def _scale_output_hook(scale) -> Callable:
-    def hook(_module, _args, output):
+def _scale_output_hook(scale: float | torch.Tensor) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
+    def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
         if isinstance(scale, (int, float)) and scale == 0.0:
             return output.detach()
         return GradScale.apply(output, scale)
@@ -122,7 +135,7 @@ def _scale_output_hook(scale) -> Callable:
     return hook
 
 
-def _half_input_hook(_module, args):
+def _half_input_hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (GradScale.apply(args[0], 0.5), *args[1:])
 
 
@@ -156,7 +169,7 @@ def apply_rules(
     _check_supported(model, adapter)
     p = _Patcher()
     try:
-        setattr(model, _ACTIVE_ATTR, True)
+        setattr(model, _ACTIVE_ATTR, rs.name)
         p.call(lambda: delattr(model, _ACTIVE_ATTR))
         was_training = model.training
         model.eval()
@@ -189,11 +202,16 @@ def apply_rules(
                 else:
                     p.set_forward(act, lambda x, _a=act, _f=orig: IdentityRule.apply(x, lambda t: _f(_a, t)))
                 if gated and rs.gate_half:
-                    p.hook(adapter.part(blk, "gate_product_consumer").register_forward_pre_hook(_half_input_hook))
+                    consumer = adapter.part(blk, "gate_product_consumer")
+                    if consumer is None:
+                        raise UnsupportedArchitectureError(f"{adapter.name}: block has no {b.gate_product_consumer!r}")
+                    p.hook(consumer.register_forward_pre_hook(_half_input_hook))
             # attention boundary
             if b.qkv_proj:
                 qkv = adapter.part(blk, "qkv_proj")
-                d = getattr(qkv, "nf", None) or qkv.weight.shape[0]  # Conv1D stores [in, out]
+                if qkv is None:
+                    raise UnsupportedArchitectureError(f"{adapter.name}: block has no {b.qkv_proj!r}")
+                d: int = getattr(qkv, "nf", None) or cast(torch.Tensor, qkv.weight).shape[0]  # Conv1D stores [in, out]
                 third = d // 3
                 scale = torch.cat([
                     torch.full((third,), rs.q_scale),
@@ -211,7 +229,7 @@ def apply_rules(
             if checkpointing:
                 orig_fwd = blk.forward
 
-                def ckpt_forward(*args, _f=orig_fwd, **kwargs):
+                def ckpt_forward(*args: Any, _f: Callable[..., Any] = orig_fwd, **kwargs: Any) -> Any:
                     return checkpoint(_f, *args, use_reentrant=False, **kwargs)
 
                 p.set_forward(blk, ckpt_forward)

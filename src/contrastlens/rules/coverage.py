@@ -152,17 +152,3 @@ def walk(score: torch.Tensor) -> CoverageReport:
         rep.uncovered.append(name)
     return rep
 
-
-def check_coverage(lm, prompt, target=None, contrast=None, *, rule: str = "attnlrp", objective: str = "logit_diff",
-                   raise_on_error: bool = True, **kw) -> CoverageReport:
-    """Build one explanation's objective under the rules and walk its autograd graph.
-
-    Raises :class:`CoverageError` naming the uncovered operations (unless ``raise_on_error=False``).
-    """
-    from contrastlens.attribution.explain import build_objective
-
-    with build_objective(lm, prompt, target, contrast, rule=rule, objective=objective, **kw) as (score, _emb):
-        rep = walk(score)
-    if raise_on_error and not rep.ok:
-        raise CoverageError(f"non-linear operations without an LRP rule on the attribution path: {rep}")
-    return rep

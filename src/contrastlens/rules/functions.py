@@ -8,6 +8,9 @@ Backward nodes keep their class names (``NormRuleBackward`` ...) so the coverage
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,20 +24,20 @@ class NormRule(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, module, kind, weight_offset):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, module: nn.Module, kind: str, weight_offset: float) -> torch.Tensor:
         y = type(module).forward(module, x)
         xf = x.float()
         if kind == "rms":  # the normaliser only (no n x d temporaries): rsqrt(|x|^2 / d + eps)
             sq = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(xf.shape[-1])
             r = sq.add_(_eps(module)).rsqrt_()
         else:
-            r = torch.rsqrt(xf.var(-1, keepdim=True, unbiased=False) + module.eps)
+            r = torch.rsqrt(xf.var(-1, keepdim=True, unbiased=False) + _eps(module))
         ctx.save_for_backward(r)
         ctx.module, ctx.kind, ctx.offset, ctx.dtype = module, kind, weight_offset, x.dtype
         return y
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (r,) = ctx.saved_tensors
         m = ctx.module
         w = getattr(m, "weight", None)
@@ -58,7 +61,7 @@ class IdentityRule(torch.autograd.Function):
     """Element-wise activation y = f(x) passing relevance unchanged: dx = f(x)/x * g."""
 
     @staticmethod
-    def forward(ctx, x, fn):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         y = fn(x)
         # f(x)/x, with 0 where x == 0 (0/0); one temporary, computed in the input dtype
         ratio = torch.div(y, x).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
@@ -67,7 +70,7 @@ class IdentityRule(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (ratio,) = ctx.saved_tensors
         return g * ratio, None
 
@@ -78,17 +81,17 @@ class GradScale(torch.autograd.Function):
     product, 1/4 on query and key, 1/2 on value."""
 
     @staticmethod
-    def forward(ctx, x, scale):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         s = ctx.scale
         if isinstance(s, torch.Tensor):
             s = s.to(device=g.device, dtype=g.dtype)
         return g * s, None
 
 
-def grad_scale(x: torch.Tensor, scale) -> torch.Tensor:
+def grad_scale(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     return GradScale.apply(x, scale)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import html as _html
+from typing import TYPE_CHECKING
 
 from contrastlens.viz.normalize import colour, normalize, visible
+
+if TYPE_CHECKING:
+    from contrastlens.attribution.explanation import Explanation
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
@@ -16,7 +20,7 @@ table.cl-top{border-collapse:collapse;margin-top:1em;font-size:.9em}table.cl-top
 """
 
 
-def explanation_html(ex, *, norm: str = "max_abs", full_page: bool = True) -> str:
+def explanation_html(ex: Explanation, *, norm: str = "max_abs", full_page: bool = True) -> str:
     vals = normalize(ex.input_relevance, ex.special_mask, norm)
     spans = []
     for i, (tok, v, special) in enumerate(zip(ex.tokens, vals, ex.special_mask, strict=True)):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from contrastlens.viz.normalize import normalize, visible
+
+if TYPE_CHECKING:
+    from contrastlens.attribution.explanation import Explanation
 
 _ESC = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
         "_": r"\_", "^": r"\^{}", "~": r"\~{}"}
@@ -12,7 +17,7 @@ def _escape(s: str) -> str:
     return "".join(_ESC.get(c, c) for c in s)
 
 
-def explanation_latex(ex, *, norm: str = "max_abs") -> str:
+def explanation_latex(ex: Explanation, *, norm: str = "max_abs") -> str:
     vals = normalize(ex.input_relevance, ex.special_mask, norm)
     parts = []
     for tok, v, special in zip(ex.tokens, vals, ex.special_mask, strict=True):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from contrastlens.errors import ContrastLensError
 
 NORMS = ("max_abs", "sum_abs", "abs_sum")
 
 
-def normalize(relevance, special_mask=None, mode: str = "max_abs") -> np.ndarray:
+def normalize(relevance: npt.ArrayLike, special_mask: npt.ArrayLike | None = None, mode: str = "max_abs") -> np.ndarray:
     """Scale relevance for display; special tokens are excluded from the scale (not from the output).
 
     max_abs: divide by max |R| (values in [-1, 1]); sum_abs: by Σ|R|; abs_sum: by |ΣR|.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contrastlens.viz.normalize import colour, normalize, visible
 
+if TYPE_CHECKING:
+    from contrastlens.attribution.explanation import Explanation
 
-def explanation_png(ex, path: str | Path, *, norm: str = "max_abs", width: float = 10.0) -> Path:
+
+def explanation_png(ex: Explanation, path: str | Path, *, norm: str = "max_abs", width: float = 10.0) -> Path:
     try:
         import matplotlib
 
@@ -34,7 +38,7 @@ def explanation_png(ex, path: str | Path, *, norm: str = "max_abs", width: float
                 used += len(shown)
     height = 0.9 + 0.28 * len(lines)
     fig = plt.figure(figsize=(width, height), dpi=120)
-    ax = fig.add_axes([0, 0, 1, 1])
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
     ax.set_xlim(0, columns)
     ax.set_ylim(-len(lines) - 2, 1)

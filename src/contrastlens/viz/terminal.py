@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from contrastlens.viz.normalize import normalize, visible
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from contrastlens.attribution.explanation import Explanation
 
 
 def _style(v: float) -> str:
@@ -14,7 +21,7 @@ def _style(v: float) -> str:
     return f"black on rgb({r},{g},{b})"
 
 
-def print_explanation(ex, *, norm: str = "max_abs", top: int = 5, console=None) -> None:
+def print_explanation(ex: Explanation, *, norm: str = "max_abs", top: int = 5, console: Console | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
