@@ -114,7 +114,8 @@ def test_edge_drill_down_uses_the_explanations_rule(random_lm):
 
     lm = random_lm("qwen3")
     ex = cl.explain(lm, PROMPT, 11, 17, rule="cp-lrp", keep_states=True)
-    g = cl.attribution_graph(lm, explanation=ex, layers="emb,0.mid")
+    # the reference is built directly with rule="cp-lrp" (not from the explanation)
+    g = cl.attribution_graph(lm, PROMPT, 11, 17, rule="cp-lrp", layers="emb,0.mid")
     A = g.matrix("emb", "0.mid")
     n = g.n
     j, i = n - 1, int(np.argmax(np.abs(A[n - 1, : n - 1])))
