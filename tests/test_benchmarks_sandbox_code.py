@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -6,19 +7,33 @@ import pytest
 from contrastlens.benchmarks import Item, get_benchmark
 from contrastlens.benchmarks.base import default_data_dir
 from contrastlens.benchmarks.humaneval import build_program, extract_code
-from contrastlens.benchmarks.sandbox import run_python
+from contrastlens.benchmarks.sandbox import run_python, sandbox_status
 
 
+@pytest.fixture
+def sandbox():
+    """Skip where bubblewrap cannot run (fail instead under CONTRASTLENS_REQUIRE_SANDBOX=1, as in .ci/run)."""
+    mode, why = sandbox_status()
+    if mode is None:
+        if os.environ.get("CONTRASTLENS_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"the sandbox cannot run here: {why}")
+        pytest.skip(f"the sandbox cannot run here: {why}")
+    return mode
+
+
+@pytest.mark.usefixtures("sandbox")
 def test_passing_program_returns_payload():
     r = run_python("import json\nprint(json.dumps({'s': sum(range(10))}))")
     assert r.status == "ok" and r.payload == {"s": 45}
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_failing_program():
     r = run_python("raise ValueError('boom')")
     assert r.status == "error" and "ValueError: boom" in r.stderr
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_infinite_loop_is_killed():
     r = run_python("while True:\n    pass\n", timeout=1.5)
     assert r.status == "timeout" and r.seconds < 5
@@ -31,31 +46,56 @@ def test_infinite_loop_is_killed():
     "import multiprocessing\nmultiprocessing.Process(target=print).start()",
     "import ctypes\nctypes.CDLL(None).fork()",
 ])
-def test_process_creation_blocked(code):
-    r = run_python(code, timeout=5)
-    assert r.status == "error"
+def test_unsafe_path_keeps_the_in_process_guard(code):
+    # --unsafe-exec: no sandbox, only the old guard against accidents (see docs/security.md)
+    r = run_python(code, timeout=5, unsafe=True)
+    assert r.status == "error" and not r.isolated
     assert "blocked by the contrastlens sandbox" in r.stderr or "halted" in r.stderr
 
 
-def test_fork_bomb_blocked():
-    r = run_python("import os\nwhile True:\n    os.fork()\n", timeout=5)
+@pytest.mark.usefixtures("sandbox")
+@pytest.mark.parametrize("code", [
+    "import os\nif os.fork() == 0:\n    os._exit(0)\nos.wait()\nprint('forked')",
+    "import os\nassert os.system('echo hi') == 0",
+    "import subprocess\nsubprocess.run(['echo', 'hi'], check=True)",
+])
+def test_child_processes_run_inside_the_sandbox(code):
+    # the sandbox does not need the guard: children live in its PID namespace and die with it
+    r = run_python(code, timeout=5)
+    assert r.status == "ok" and r.isolated, r.stderr
+
+
+@pytest.mark.usefixtures("sandbox")
+def test_fork_bomb_is_contained():
+    r = run_python("import os\nwhile True:\n    os.fork()\n", timeout=3)
+    assert r.status in ("error", "timeout") and r.seconds < 5  # the process limit stops it; the run ends
+    r = run_python("import os\nwhile True:\n    os.fork()\n", timeout=5, unsafe=True)
     assert r.status == "error" and "blocked" in r.stderr
 
 
-def test_network_blocked():
+@pytest.mark.usefixtures("sandbox")
+def test_network_unreachable():
     r = run_python("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 80))", timeout=5)
-    assert r.status == "error" and "blocked" in r.stderr
+    assert r.status == "error" and "ConnectionRefusedError" in r.stderr  # its own empty loopback
     r = run_python("import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/', timeout=2)", timeout=5)
-    assert r.status == "error"
+    assert r.status == "error" and "URLError" in r.stderr
+    r = run_python("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 80))", timeout=5, unsafe=True)
+    assert r.status == "error" and "blocked" in r.stderr
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_memory_limit():
     r = run_python("x = bytearray(3 * 1024 ** 3)\nprint('allocated')", memory_mb=512, timeout=10)
     assert r.status == "error" and "MemoryError" in r.stderr and "allocated" not in r.stdout
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_runs_in_a_temporary_folder():
-    r = run_python("import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'env': sorted(os.environ)}))")
+    r = run_python("import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'files': os.listdir('.'), "
+                   "'env': sorted(os.environ)}))")
+    assert r.payload["cwd"] == "/tmp" and r.payload["files"] == []  # a fresh tmpfs
+    assert "HOME" in r.payload["env"] and not any(k.startswith("CONTRASTLENS") for k in r.payload["env"])
+    r = run_python("import os, json\nprint(json.dumps({'cwd': os.getcwd(), 'env': sorted(os.environ)}))", unsafe=True)
     assert "cl-sandbox-" in r.payload["cwd"]
     assert "HOME" in r.payload["env"] and not any(k.startswith("CONTRASTLENS") for k in r.payload["env"])
 
@@ -79,6 +119,7 @@ def test_code_extraction():
     assert extract_code("    return a + b\n\nprint(add(1, 2))\n") == ("    return a + b\n\n", 0)
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_humaneval_plain_completion_setting():
     from contrastlens.collect.pipeline import render_prompt
 
@@ -90,6 +131,7 @@ def test_humaneval_plain_completion_setting():
     assert not b.score(it, "    return a - b\n").passed
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_humaneval_verdicts():
     b = get_benchmark("humaneval")
     it = Item("T_0", TASK)
@@ -108,6 +150,7 @@ def test_humaneval_verdicts():
     assert not empty.passed and empty.details["reason"] == "empty completion"
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_humaneval_hang_is_a_failure():
     b = get_benchmark("humaneval")
     b.timeout = 2
@@ -115,6 +158,7 @@ def test_humaneval_hang_is_a_failure():
     assert not s.passed and "timed out" in s.details["reason"]
 
 
+@pytest.mark.usefixtures("sandbox")
 def test_humaneval_real_canonical_solutions_pass():
     # $CONTRASTLENS_DATA, else the data folder next to the checkout (there is no built-in default any more)
     d = default_data_dir() or Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -24,7 +24,7 @@ def test_corrupt_and_missing_files(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="could not read GGUF"):
         load_model(str(bad))
     with pytest.raises(ModelLoadError, match="sha256"):
-        loading._gguf_folder(bad, expected_sha="0" * 64, name="x")
+        loading._convert(bad, expected_sha="0" * 64, folder=tmp_path / "cache" / "models" / "x")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "missing.gguf"))
     (tmp_path / "folder").mkdir()

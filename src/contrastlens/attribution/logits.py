@@ -34,7 +34,10 @@ def position_logits(lm: LoadedModel, ids: list[int], position: int = -1) -> torc
 def top_logits(lm: LoadedModel, prompt: str | list[int], k: int = 10, *, chat: bool = False,
                position: int = -1) -> list[dict]:
     from contrastlens.attribution.explain import prepare_inputs
+    from contrastlens.errors import InputError
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"the number of top tokens must be a positive integer, got {k!r}")
     prep = prepare_inputs(lm, prompt, chat=chat, position=position)
     logits = position_logits(lm, prep.ids, prep.position)
     top = torch.topk(logits, min(k, logits.numel()))

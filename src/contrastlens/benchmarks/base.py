@@ -143,6 +143,9 @@ class Benchmark:
     #: ``settled(text)`` is True once more text cannot change the verdict on a completion (a closed code
     #: block, a closed ``\\boxed{}``); generation and rollouts stop there. None: never settled early.
     settled: Callable[[str], bool] | None = None
+    #: run generated code without the bubblewrap sandbox (``--unsafe-exec``; a collection run sets it from
+    #: its settings); only benchmarks that execute code read it
+    unsafe_exec: bool = False
 
     # ---------------------------------------------------------------- data
     def local_file(self, path: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> Path | None:

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from contrastlens.benchmarks import get_benchmark
+    from contrastlens.cases.io import check_case_output
     from contrastlens.collect.pipeline import collect, load_items
     from contrastlens.collect.settings import CollectResources
     from contrastlens.errors import InputError
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)  # bad values: a one-line error before anything is loaded
     if args.judge_url and not args.judge_model:
         raise InputError("--judge-url needs --judge-model")
+    # --out must be absent or a case file (with a sound progress file): checked read-only, before anything runs
+    check_case_output(args.out, resume=not args.fresh)
     bench = get_benchmark(args.benchmark)
     items, bad = load_items(settings, bench, args.data)
     resources = CollectResources.load(settings, args.model, sibling=args.sibling, judge_url=args.judge_url,
@@ -124,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     with logging_redirect_tqdm(loggers=[logging.getLogger("contrastlens")]):
         summ = collect(settings, resources, bench, args.out, items=items, bad_rows=bad, resume=not args.fresh)
     print(summ.table())
-    with open(args.out + ".summary.json", "w", encoding="utf-8") as f:
+    summary_path = args.out + ".summary.json"
+    with open(summary_path + ".tmp", "w", encoding="utf-8") as f:  # replaced whole: never a torn summary
         json.dump({**summ.as_dict(), "settings": settings.to_dict()}, f, indent=1)
+    os.replace(summary_path + ".tmp", summary_path)
     sys.stdout.flush()
     return 0

@@ -34,6 +34,9 @@ def read_prompt(args: argparse.Namespace) -> str:
     if getattr(args, "prompt_file", None) is not None:
         try:
             return args.prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"prompt file {args.prompt_file} is not UTF-8 text (byte {e.start}); "
+                             "save it as UTF-8") from None
         except OSError as e:
             raise InputError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from None
     return args.prompt

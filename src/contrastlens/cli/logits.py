@@ -14,12 +14,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position", type=int, default=-1, help="token position (default: last)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from contrastlens.attribution.logits import top_logits
+    from contrastlens.errors import InputError
 
+    if args.top < 1:
+        raise InputError(f"--top must be a positive integer, got {args.top}")
     lm = load(args)
     rows = top_logits(lm, read_prompt(args), k=args.top, chat=args.chat, position=args.position)
     table = Table(title=f"top {args.top} next tokens ({lm.source})")

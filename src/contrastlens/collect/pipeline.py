@@ -248,6 +248,7 @@ def score_and_localise(settings: CollectSettings, resources: CollectResources, b
                        prep: PreparedItem, completion: Completion) -> FailureCase | Passed:
     """Steps 3-5 for a prepared item and its completion; raises on a bad item (e.g. an empty completion)."""
     lm, it, ids = resources.lm, prep.item, prep.prompt_ids
+    bench.unsafe_exec = settings.unsafe_exec  # the run's setting decides (the checker and the rollouts)
     comp_ids, stopped = completion
     tok = lm.tokenizer
     text = tok.decode(comp_ids, skip_special_tokens=True)

@@ -102,6 +102,10 @@ class CollectSettings:
                                   default_help="torch's choice")
     progress: bool = setting(True, "show a progress bar (items, tokens/s) on stderr", group="output",
                              no_help="no progress bar")
+    # -- code execution
+    unsafe_exec: bool = setting(
+        False, "run generated code (humaneval) without the bubblewrap sandbox, in a plain subprocess with an "
+               "in-process guard only: hostile code can escape it (see docs/security.md)", group="sandbox")
 
     def __post_init__(self) -> None:
         for name in ("items", "filters"):  # JSON gives lists; a bare string is one filter / a comma list

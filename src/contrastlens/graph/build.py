@@ -203,6 +203,11 @@ def attribution_graph(
         raise InputError(f"unknown graph method {method!r}; choose one of: {', '.join(METHODS)}")
     if not (math.isfinite(node_threshold) and node_threshold >= 0):
         raise InputError(f"node_threshold must be a finite number >= 0, got {node_threshold}")
+    for name, v in (("batch_size", batch_size), ("block_rows", block_rows)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"{name} must be a positive integer (or None: chosen from the free memory), got {v!r}")
+    if cache_mib is not None and not (math.isfinite(cache_mib) and cache_mib >= 0):
+        raise InputError(f"cache_mib must be a finite number >= 0, got {cache_mib}")
     spec = PruneSpec.parse(prune)
     t0 = time.perf_counter()
     if explanation is None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -17,6 +22,7 @@ from contrastlens.models.catalog import CATALOG, CatalogEntry
 from contrastlens.models.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
+_MARKER = "contrastlens.json"  # written last into a converted folder: its presence means the entry is complete
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -41,7 +47,7 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def load_model(
-    source: str,
+    source: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
@@ -55,6 +61,11 @@ def load_model(
     random model: llama, mistral, qwen2, qwen3, gemma3, olmo2, olmo3, gpt2), a ``.gguf`` file, a local
     Hugging Face folder, or a hub id (needs network access or a populated HF cache).
     """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        raise ModelLoadError(f"the model source must be a non-empty string (a catalog alias, random:<arch>, a .gguf "
+                             f"file, a folder or a hub id), not {source!r}")
     dt = _dtype(dtype)
     if source.startswith("random:"):
         from contrastlens.models.random import build_random_model
@@ -63,11 +74,12 @@ def load_model(
                                         attn_implementation=attn_implementation)
         lm = LoadedModel(model, tok, source)
     elif source.lower() in CATALOG:
-        folder = _catalog_folder(CATALOG[source.lower()])
-        lm = _load_hf(folder, dt, attn_implementation, None, source=source.lower())
+        entry = CATALOG[source.lower()]
+        lm = _load_cached(lambda rebuild: _catalog_folder(entry, rebuild=rebuild), dt, attn_implementation,
+                          source.lower())
     elif source.endswith(".gguf"):
-        folder = _gguf_folder(Path(source), expected_sha=None, name=Path(source).stem)
-        lm = _load_hf(folder, dt, attn_implementation, None, source=source)
+        lm = _load_cached(lambda rebuild: _gguf_folder(Path(source), rebuild=rebuild), dt, attn_implementation,
+                          source)
     elif os.path.isdir(source):
         if not os.path.exists(os.path.join(source, "config.json")):
             raise ModelLoadError(f"{source} is a folder without config.json; point at a Hugging Face model folder")
@@ -83,11 +95,31 @@ def load_model(
     return lm
 
 
-def _quiet_loading():
+def _load_cached(folder_of: Callable[[bool], Path], dtype: torch.dtype, attn: str, source: str) -> LoadedModel:
+    """Load a converted model from the cache; a cache entry that fails to load (truncated or corrupt files)
+    is rebuilt once, with a message."""
+    folder = folder_of(False)
+    try:
+        return _load_hf(folder, dtype, attn, None, source=source)
+    except ModelLoadError as e:
+        if not _is_cache_entry(folder):
+            raise
+        log.warning("the cached conversion %s does not load (%s); rebuilding it", folder, e)
+        return _load_hf(folder_of(True), dtype, attn, None, source=source)
+
+
+def _quiet_loading() -> None:
     """transformers' per-weight loading bar is noise for a CLI; errors still surface."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - older safetensors
+    class _SafetensorError(Exception):  # type: ignore[no-redef]
+        pass
 
 
 def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | None, *, source: str) -> LoadedModel:
@@ -100,7 +132,7 @@ def _load_hf(folder: str | Path, dtype: torch.dtype, attn: str, revision: str | 
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), revision=revision, dtype=dtype, attn_implementation=attn
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, _SafetensorError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load model {source!r}: {msg}") from e
     model.eval()
@@ -164,52 +196,95 @@ def _package_dir(package: str, entry: CatalogEntry) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _catalog_folder(entry: CatalogEntry) -> Path:
-    done = cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
-    if (done / "contrastlens.json").exists():
-        return done
-    if entry.parts or entry.assemble:
-        path = cache_dir() / "gguf" / entry.filename
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            if entry.assemble:
-                import importlib
+@contextlib.contextmanager
+def _entry_lock(folder: Path) -> Iterator[None]:
+    """One conversion of a cache entry at a time, across processes: a file lock beside the entry. A second
+    process converting the same model waits, then finds the entry done."""
+    from filelock import FileLock, Timeout
 
-                mod_name, fn = entry.assemble.split(":")
-                _package_dir(mod_name, entry)
-                getattr(importlib.import_module(mod_name), fn)(tmp, overwrite=True)
-            else:
-                with open(tmp, "wb") as out:
-                    for package, rel in entry.parts:
-                        src = _package_dir(package, entry) / rel
-                        if not src.exists():
-                            raise ModelLoadError(f"{src} is missing; reinstall with `{entry.pip} --force-reinstall`")
-                        with open(src, "rb") as f:
-                            while chunk := f.read(1 << 24):
-                                out.write(chunk)
-            tmp.rename(path)
-    else:
-        path = _package_dir(entry.package, entry) / entry.filename
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process that is converting %s ...", folder.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _done(folder: Path) -> bool:
+    return (folder / _MARKER).exists()
+
+
+def _catalog_folder(entry: CatalogEntry, *, rebuild: bool = False) -> Path:
+    """The catalog entry's safetensors folder in the cache, converted from its GGUF on first use (or again
+    with ``rebuild``, after a cached conversion failed to load)."""
+    done = cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
+    if _done(done) and not rebuild:
+        return done
+    with _entry_lock(done):
+        if _done(done) and not rebuild:  # another process converted it while this one waited
+            return done
+        assembled = entry.parts or entry.assemble
+        path = _assemble(entry) if assembled else _package_dir(entry.package, entry) / entry.filename
         if not path.exists():
             raise ModelLoadError(f"{path} is missing; reinstall with `{entry.pip} --force-reinstall`")
-    folder = _gguf_folder(path, expected_sha=entry.sha256, name=entry.alias, folder=done)
-    if entry.parts or entry.assemble:
-        path.unlink(missing_ok=True)  # the safetensors folder is what later loads read
-    return folder
+        try:
+            return _convert(path, expected_sha=entry.sha256, folder=done)
+        finally:
+            if assembled:
+                path.unlink(missing_ok=True)  # the safetensors folder is what later loads read
 
 
-def _gguf_folder(path: Path, *, expected_sha: str | None, name: str, folder: Path | None = None) -> Path:
-    """Convert a GGUF file once to a safetensors folder in the cache; return that folder."""
+def _assemble(entry: CatalogEntry) -> Path:
+    """Write a split or package-assembled GGUF into a unique temporary file of the cache (a concurrent or
+    killed writer never leaves a half file under the real name)."""
+    out_dir = cache_dir() / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=entry.filename + ".", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if entry.assemble:
+            mod_name, fn = entry.assemble.split(":")
+            _package_dir(mod_name, entry)
+            getattr(importlib.import_module(mod_name), fn)(tmp, overwrite=True)
+        else:
+            with open(tmp, "wb") as out:
+                for package, rel in entry.parts:
+                    src = _package_dir(package, entry) / rel
+                    if not src.exists():
+                        raise ModelLoadError(f"{src} is missing; reinstall with `{entry.pip} --force-reinstall`")
+                    with open(src, "rb") as f:
+                        while chunk := f.read(1 << 24):
+                            out.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _gguf_folder(path: Path, *, rebuild: bool = False) -> Path:
+    """The safetensors folder of a user's GGUF file in the cache (keyed by its path, size and mtime)."""
     if not path.exists():
         raise ModelLoadError(f"GGUF file {path} does not exist")
-    if folder is None:
-        st = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-        folder = cache_dir() / "models" / f"{name}-{key}"
-    marker = folder / "contrastlens.json"
-    if marker.exists():
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "models" / f"{path.stem}-{key}"
+    if _done(folder) and not rebuild:
         return folder
+    with _entry_lock(folder):
+        if _done(folder) and not rebuild:
+            return folder
+        return _convert(path, expected_sha=None, folder=folder)
+
+
+def _convert(path: Path, *, expected_sha: str | None, folder: Path) -> Path:
+    """Convert a GGUF file to a safetensors folder (the caller holds the entry's lock): into a unique
+    temporary folder beside ``folder``, the marker written last, then renamed into place."""
     sha = _sha256(path)
     if expected_sha is not None and sha != expected_sha:
         if path.is_relative_to(cache_dir()):
@@ -236,18 +311,27 @@ def _gguf_folder(path: Path, *, expected_sha: str | None, name: str, folder: Pat
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing, _unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight") or not cfg.tie_word_embeddings]
     if missing:
         raise ModelLoadError(f"GGUF conversion of {path} left weights unset: {missing[:3]}")
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "contrastlens.json").write_text(json.dumps({"gguf": str(path), "sha256": sha, "seconds": time.time() - t0}))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp-"))
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"gguf": str(path), "sha256": sha, "seconds": time.time() - t0}))
+        if folder.exists():  # a broken earlier conversion (no marker, or being rebuilt): replaced
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
+
+
+def _is_cache_entry(folder: str | Path) -> bool:
+    try:
+        return Path(folder).resolve().is_relative_to((cache_dir() / "models").resolve())
+    except OSError:
+        return False
