@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "check_coverage": "contrastlens.attribution.coverage",
     "OBJECTIVES": "contrastlens.objectives.registry",
     "register_objective": "contrastlens.objectives.registry",
+    "register_method": "contrastlens.attribution.methods",
+    "METHODS": "contrastlens.attribution.methods",
     "get_adapter": "contrastlens.adapters.registry",
     "supported_architectures": "contrastlens.adapters.registry",
     "ContrastLensError": "contrastlens.errors",

@@ -1,4 +1,4 @@
-"""``explain``: contrastive AttnLRP relevance of one prediction."""
+"""``explain``: contrastive relevance of one prediction (AttnLRP by default; see ``attribution.methods``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import contextlib
 import numbers
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from contrastlens import nodes
 from contrastlens.attribution.explanation import Explanation
 from contrastlens.attribution.logits import head_logits
 from contrastlens.attribution.spec import AttributionSpec, Explainable
@@ -21,7 +20,7 @@ from contrastlens.errors import InputError, NumericalError
 from contrastlens.models.loaded import LoadedModel
 from contrastlens.objectives.registry import ObjectiveSpec, get_objective, objective_params
 from contrastlens.provenance import ModelMismatchWarning, Provenance
-from contrastlens.rules.context import apply_rules, get_rule
+from contrastlens.rules.context import apply_rules
 
 
 def explain(
@@ -31,7 +30,9 @@ def explain(
     contrast: int | str | None = None,
     *,
     objective: str = "logit_diff",
-    rule: str = "attnlrp",
+    rule: str | None = None,
+    method: str | None = None,
+    method_params: Mapping[str, Any] | None = None,
     chat: bool | None = None,
     position: int | None = None,
     checkpointing: bool = False,
@@ -53,13 +54,28 @@ def explain(
     :class:`~contrastlens.provenance.ModelMismatchWarning` (``on_model_mismatch="warn"``, the default, for
     cross-model comparisons), an :class:`InputError` (``"error"``) or nothing (``"ignore"``).
 
+    ``method`` (see ``contrastlens.attribution.methods``): ``attnlrp`` (the default) and ``cp-lrp`` (the LRP
+    rules; ``rule=`` names them too, and ``rule=`` with a conflicting ``method=`` is an error), ``ixg``,
+    ``ig``, ``occlusion``, ``random`` and ``lrp-occlusion``; ``method_params`` its options (e.g.
+    ``{"steps": 64}`` for ``ig``; an option the method does not take is an error). Only the LRP methods give
+    hidden-state relevance (and ``keep_states``); the others leave zeros there and set
+    ``ex.meta["hidden_relevance"] = False``.
+
     Returns an :class:`Explanation` with input, per-layer and mid-block relevance, its resolved
     :class:`AttributionSpec` (``ex.spec``) and its provenance (``ex.provenance``).
     """
+    from contrastlens.attribution.methods import MethodContext, resolve_method
+
     if on_model_mismatch not in ("warn", "error", "ignore"):
         raise InputError(f"on_model_mismatch must be warn, error or ignore, not {on_model_mismatch!r}")
     params = objective_params(objective, {"k": k, "rank": rank})
-    rule_name = get_rule(rule).name
+    meth, rule_name = resolve_method(method, rule)
+    options, runtime = meth.resolve_params(method_params)
+    if keep_states and not meth.hidden_relevance:
+        raise InputError(f"keep_states=True needs hidden-state relevance, which method {meth.name} does not give "
+                         "(use method attnlrp or cp-lrp)")
+    if checkpointing and not meth.backward:
+        raise InputError(f"checkpointing=True applies to methods with a backward pass; method {meth.name} has none")
     segments: dict[str, list[tuple[int, int]]] = {}
     if isinstance(prompt, Explainable):
         given = [name for name, v in (("target", target), ("contrast", contrast), ("chat", chat),
@@ -75,22 +91,21 @@ def explain(
                           add_special_tokens=add_special_tokens)
     ids, pos, n, text = prep.ids, prep.position, len(prep.ids), prep.text
     model, adapter = lm.model, lm.adapter
-    rec = StateRecorder(keep_states=keep_states)
+    ctx = MethodContext(lm, prep, objective=objective, objective_params=params, rule=rule_name,
+                        checkpointing=checkpointing, keep_states=keep_states)
     t0 = time.perf_counter()
-    with _objective_graph(lm, prep, rule=rule_name, objective=objective, checkpointing=checkpointing,
-                          recorder=rec, params=params) as fwd:
-        (g_emb,) = torch.autograd.grad(fwd.score, fwd.emb)
-    obj, u, const, logits, score, emb = fwd.spec, fwd.u, fwd.const, fwd.logits, fwd.score, fwd.emb
+    res = meth.fn(ctx, **options, **runtime)
     elapsed = time.perf_counter() - t0
-    if not torch.isfinite(g_emb).all():
-        raise NumericalError("the backward pass produced NaN/inf relevance; try float32 (--dtype float32)")
-
+    obj, u, const, logits = res.objective, res.u, res.const, res.logits
+    input_rel = res.input_relevance.detach().float().reshape(-1)
+    if input_rel.numel() != n:
+        raise NumericalError(f"method {meth.name} returned {input_rel.numel()} relevance values for {n} tokens")
+    if not torch.isfinite(input_rel).all():
+        raise NumericalError(f"method {meth.name} produced NaN/inf relevance; try float32 (--dtype float32)")
     L = adapter.num_layers(model)
-    zeros = torch.zeros(n)
-    layer_rel = torch.stack([rec.relevance.get(nodes.EMB, zeros)]
-                            + [rec.relevance.get(nodes.post(i), zeros) for i in range(L)])
-    mid_rel = torch.stack([rec.relevance.get(nodes.mid(i), zeros) for i in range(L)])
-    input_rel = (emb.detach()[0].float() * g_emb[0].float()).sum(-1)
+    layer_rel = res.layer_relevance if res.layer_relevance is not None else torch.zeros(L + 1, n)
+    mid_rel = res.mid_relevance if res.mid_relevance is not None else torch.zeros(L, n)
+    hidden = res.layer_relevance is not None
     fn = adapter.final_norm_module(model)
     bias = getattr(fn, "bias", None)
     bias_share = float(bias.detach().float() @ u) if bias is not None else 0.0
@@ -100,8 +115,13 @@ def explain(
     spec = AttributionSpec(
         target_id=obj.target_id, contrast_id=obj.contrast_id, position=pos, objective=obj.name,
         objective_params=tuple(params.items()), rule=rule_name, dtype=lm.dtype_name,
-        attn_implementation=lm.attn_implementation,
+        attn_implementation=lm.attn_implementation, method=meth.name, method_params=tuple(options.items()),
     )
+    meta: dict[str, Any] = {"seconds": elapsed, "checkpointing": checkpointing, "n_tokens": n,
+                            "hidden_relevance": hidden}
+    if runtime:
+        meta["method_runtime"] = runtime
+    meta.update(res.meta)
     ex = Explanation(
         source=lm.source,
         spec=spec,
@@ -112,18 +132,18 @@ def explain(
         tokens=lm.decode_tokens(ids),
         special_mask=[i in specials for i in ids],
         prompt=text,
-        logit_diff=float(score.detach()) + const,
+        logit_diff=res.score + const,
         final_norm_bias_share=bias_share,
-        input_relevance=input_rel.detach().cpu().numpy(),
-        layer_relevance=layer_rel.detach().cpu().numpy(),
-        mid_relevance=mid_rel.detach().cpu().numpy(),
+        input_relevance=input_rel.cpu().numpy(),
+        layer_relevance=layer_rel.detach().float().cpu().numpy(),
+        mid_relevance=mid_rel.detach().float().cpu().numpy(),
         top_logits=[(int(i), tok.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)],
         provenance=lm.provenance(),
         segments=segments,
-        meta={"seconds": elapsed, "checkpointing": checkpointing, "n_tokens": n},
+        meta=meta,
     )
     if keep_states:
-        ex.states = {k: rec.states[k] for k in nodes.layer_names(L, True) if k in rec.states}
+        ex.states = res.states
     return ex
 
 
@@ -194,13 +214,16 @@ class _Forward:
     u: torch.Tensor
     const: float
     logits: torch.Tensor
+    cache: Any = None  # the forward's KV cache, with use_cache=True
 
 
 @contextlib.contextmanager
 def _objective_graph(lm: LoadedModel, prep: PreparedInputs, *, rule: str, objective: str, checkpointing: bool,
-                     recorder: StateRecorder | None, params: dict[str, Any]) -> Iterator[_Forward]:
+                     recorder: StateRecorder | None, params: dict[str, Any], use_cache: bool = False
+                     ) -> Iterator[_Forward]:
     """Run the forward pass under the rules and yield the objective S (with its graph) and the
-    embedding leaf; rules and taps are removed on exit."""
+    embedding leaf; rules and taps are removed on exit. ``use_cache``: also keep the forward's KV cache (the
+    rules change gradients only, so it equals the plain model's)."""
     objective_fn = get_objective(objective)
     model, adapter = lm.model, lm.adapter
     with apply_rules(model, rule, checkpointing=checkpointing):
@@ -209,12 +232,16 @@ def _objective_graph(lm: LoadedModel, prep: PreparedInputs, *, rule: str, object
         try:
             input_ids = torch.tensor([prep.ids], device=lm.device)
             emb = adapter.embedding(model)(input_ids).detach().requires_grad_(True)
-            out = adapter.base(model)(inputs_embeds=emb, use_cache=False)
+            out = adapter.base(model)(inputs_embeds=emb, use_cache=use_cache)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             h = hidden[0, prep.position]
             spec, u, const, logits = _objective_direction(lm, h, objective_fn, prep.target_id, prep.contrast_id,
                                                           params)
-            yield _Forward(h.float() @ u, emb, spec, u, const, logits)
+            cache = None
+            if use_cache:
+                keys = out.keys() if hasattr(out, "keys") else ()
+                cache = next((out[k] for k in ("cache", "past_key_values") if k in keys), None)
+            yield _Forward(h.float() @ u, emb, spec, u, const, logits, cache)
         finally:
             if recorder is not None:
                 recorder.detach()

@@ -30,10 +30,12 @@ class Explanation:
     equals ``logit_diff`` (minus ``final_norm_bias_share``, non-zero only for LayerNorm models with a
     bias in the final norm).
 
-    ``spec``: the resolved :class:`AttributionSpec` (target, contrast, objective and its parameters, rule,
-    position, dtype, attention kernel); ``rule``, ``objective``, ``target_id``, ``contrast_id`` and
-    ``position`` read from it. ``provenance``: package versions, model source, revision and weight
-    fingerprint. ``segments``: token spans ``[start, end)`` of the prompt segments (``instruction``,
+    ``spec``: the resolved :class:`AttributionSpec` (target, contrast, objective and its parameters, method
+    and its options, rule, position, dtype, attention kernel); ``method``, ``rule``, ``objective``,
+    ``target_id``, ``contrast_id`` and ``position`` read from it. Only the LRP methods (``attnlrp``,
+    ``cp-lrp``) fill ``layer_relevance`` and ``mid_relevance``; for the others they are zeros and
+    ``meta["hidden_relevance"]`` (``hidden_relevance``) is False. ``provenance``: package versions, model
+    source, revision and weight fingerprint. ``segments``: token spans ``[start, end)`` of the prompt segments (``instruction``,
     ``query``, ``answer``) when the explained input came with them (a failure case).
     """
 
@@ -59,8 +61,20 @@ class Explanation:
 
     # ------------------------------------------------------------------ spec
     @property
-    def rule(self) -> str:
+    def rule(self) -> str | None:
+        """The LRP rule (None for a method without rules, e.g. ``ixg``)."""
         return self.spec.rule
+
+    @property
+    def method(self) -> str:
+        """The attribution method (``attnlrp``, ``cp-lrp``, ``ixg``, ``ig``, ``occlusion``, ...)."""
+        return str(self.spec.method)
+
+    @property
+    def hidden_relevance(self) -> bool:
+        """Whether ``layer_relevance``, ``mid_relevance`` (and ``states``) hold relevance: only the LRP
+        methods give it; the others leave zeros there."""
+        return bool(self.meta.get("hidden_relevance", self.spec.rule_based))
 
     @property
     def objective(self) -> str:

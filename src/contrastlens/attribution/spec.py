@@ -1,15 +1,17 @@
 """The resolved attribution spec: everything that decides an explanation's numbers, in one frozen value.
 
 ``explain`` resolves the spec once (the target and contrast as ids, the objective with all its
-parameters, the rule, the explained position as an absolute index, the model's dtype and attention
-kernel) and stores it in the :class:`~contrastlens.attribution.explanation.Explanation`. Everything built
+parameters, the attribution method with its options, the LRP rule, the explained position as an
+absolute index, the model's dtype and attention kernel) and stores it in the :class:`~contrastlens.attribution.explanation.Explanation`. Everything built
 from an explanation (graphs, the neuron drill-down, studies) takes the spec from it instead of
 re-deriving it, and a conflicting rule or objective passed alongside is an error
 (:func:`check_compatible`).
 
 :meth:`AttributionSpec.hash` is stable across processes, machines and Python versions: the sha256 of the
 spec's canonical JSON (sorted keys, no whitespace). Result caches key on it together with the model's
-weight fingerprint.
+weight fingerprint. A spec whose method is its rule (``attnlrp``, ``cp-lrp``: every spec written before
+methods existed) leaves ``method`` and ``method_params`` out of its JSON, so its hash is unchanged and
+old files read back to equal specs; any other method writes them (with ``spec_version`` 2).
 
 Objects that carry their own inputs (a failure case fixes its token ids, target and contrast) implement
 the :class:`Explainable` protocol, so that the engine never imports them.
@@ -29,45 +31,86 @@ if TYPE_CHECKING:  # pragma: no cover
     from contrastlens.models.loaded import LoadedModel
     from contrastlens.provenance import Provenance
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: method and method_params (written only when the method is not the rule itself)
+_READS = (1, 2)
 
 
 @dataclass(frozen=True)
 class AttributionSpec:
     """What one explanation computes. ``position`` is absolute (0-based) in the explained sequence;
-    ``objective_params`` are every parameter of the objective (defaults filled in), as sorted pairs."""
+    ``objective_params`` are every parameter of the objective (defaults filled in), as sorted pairs.
+
+    ``method``: the attribution method (see ``contrastlens.attribution.methods``); it defaults to ``rule``
+    (the LRP methods ``attnlrp`` and ``cp-lrp`` are their rule). ``method_params``: every option of the
+    method that decides the numbers (defaults filled in), as sorted pairs. ``rule``: the LRP rule the method
+    uses (``lrp-occlusion`` shortlists with one), None for a method without rules (``ixg``, ``ig``, ...)."""
 
     target_id: int
     contrast_id: int | None
     position: int
     objective: str = "logit_diff"
     objective_params: tuple[tuple[str, Any], ...] = ()
-    rule: str = "attnlrp"
+    rule: str | None = "attnlrp"
     dtype: str = "float32"
     attn_implementation: str | None = None
+    method: str | None = None  # None: the rule
+    method_params: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objective_params", tuple(sorted((str(k), v) for k, v in self.objective_params)))
+        object.__setattr__(self, "method_params", tuple(sorted((str(k), v) for k, v in self.method_params)))
+        if self.method is None:
+            if self.rule is None:
+                raise InputError("an attribution spec needs a method or a rule")
+            object.__setattr__(self, "method", self.rule)
 
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.objective_params)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method's options (``method_params`` as a dict)."""
+        return dict(self.method_params)
+
+    @property
+    def rule_based(self) -> bool:
+        """Whether the method is an LRP rule itself (``attnlrp``, ``cp-lrp``): only these give hidden-state
+        relevance (``layer_relevance``, ``mid_relevance``, states), which graphs and drill-downs need."""
+        return self.rule is not None and self.method == self.rule and not self.method_params
+
+    @property
+    def method_label(self) -> str:
+        """``attnlrp``; ``ig (steps=32, baseline=zero)``; ``lrp-occlusion (rule attnlrp, k=16, ...)``."""
+        if self.rule_based:
+            return str(self.method)
+        parts = ([f"rule {self.rule}"] if self.rule is not None else []) + [f"{k}={v}" for k, v in self.method_params]
+        return f"{self.method} ({', '.join(parts)})" if parts else str(self.method)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["objective_params"] = self.params
-        d["spec_version"] = SPEC_VERSION
+        if self.rule_based:  # the form (and hash) of every spec from before methods existed
+            del d["method"], d["method_params"]
+            d["spec_version"] = 1
+        else:
+            d["method_params"] = self.options
+            d["spec_version"] = SPEC_VERSION
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AttributionSpec:
         d = dict(d)
-        version = d.pop("spec_version", SPEC_VERSION)
-        if version != SPEC_VERSION:
-            raise InputError(f"attribution spec version {version} is not supported (this version reads {SPEC_VERSION})")
+        version = d.pop("spec_version", 1)
+        if version not in _READS:
+            raise InputError(f"attribution spec version {version} is not supported (this version reads "
+                             f"{', '.join(map(str, _READS))})")
         params = d.pop("objective_params", {}) or {}
         items = params.items() if isinstance(params, Mapping) else params
-        return cls(**d, objective_params=tuple((str(k), v) for k, v in items))
+        options = d.pop("method_params", {}) or {}
+        opt_items = options.items() if isinstance(options, Mapping) else options
+        return cls(**d, objective_params=tuple((str(k), v) for k, v in items),
+                   method_params=tuple((str(k), v) for k, v in opt_items))
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -79,13 +122,20 @@ class AttributionSpec:
     def describe(self) -> str:
         contrast = "" if self.contrast_id is None else f" vs #{self.contrast_id}"
         params = "".join(f", {k}={v}" for k, v in self.objective_params)
-        return (f"{self.objective}{params}: #{self.target_id}{contrast} at position {self.position}, rule {self.rule}, "
+        how = f"rule {self.rule}" if self.rule_based else f"method {self.method_label}"
+        return (f"{self.objective}{params}: #{self.target_id}{contrast} at position {self.position}, {how}, "
                 f"{self.dtype}, {self.attn_implementation or '?'} attention")
 
 
 def check_compatible(spec: AttributionSpec, *, rule: str | None = None, objective: str | None = None,
-                     what: str = "the explanation") -> None:
-    """A ``rule`` or ``objective`` given together with an explanation must agree with its spec."""
+                     what: str = "the explanation", needs_hidden: bool = True) -> None:
+    """A ``rule`` or ``objective`` given together with an explanation must agree with its spec. With
+    ``needs_hidden`` (graphs, drill-downs), an explanation of a method without hidden-state relevance (any
+    method but ``attnlrp`` and ``cp-lrp``) is an error too."""
+    if needs_hidden and not spec.rule_based:
+        raise InputError(f"{what} was made with method {spec.method_label}, which gives input relevance only (no "
+                         "hidden-state relevance); graphs and neuron drill-downs need an explanation made with "
+                         "method attnlrp or cp-lrp (keep_states=True)")
     if rule is not None:
         from contrastlens.rules.context import get_rule
 

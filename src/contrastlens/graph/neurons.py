@@ -60,6 +60,7 @@ def _rules_of(lm: LoadedModel, explanation: Explanation, rule: str | None) -> It
 
 
 def _state(explanation: Explanation, layer: str) -> tuple[Any, Any]:
+    check_compatible(explanation.spec)  # a method without hidden-state relevance has no states to read
     states = getattr(explanation, "states", None)
     if not states or layer not in states:
         raise InputError(f"the explanation has no state {layer!r}; make it with keep_states=True")

@@ -69,10 +69,13 @@ def active_rule(model: nn.Module) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def get_rule(rule: str | RuleSet) -> RuleSet:
-    """The rule set named ``rule`` (``attnlrp``, ``cp-lrp``; case and ``_``/``-`` do not matter)."""
+def get_rule(rule: str | RuleSet | None) -> RuleSet:
+    """The rule set named ``rule`` (``attnlrp``, ``cp-lrp``; case and ``_``/``-`` do not matter). None (the
+    rule of an explanation made with a method that uses no LRP rule) is an error."""
     if isinstance(rule, RuleSet):
         return rule
+    if rule is None:
+        raise ContrastLensError("no LRP rule: this needs an explanation made with an LRP method (attnlrp or cp-lrp)")
     key = str(rule).lower().replace("_", "-")
     if key not in RULES:
         raise ContrastLensError(f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}")

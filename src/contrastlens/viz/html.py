@@ -20,6 +20,11 @@ table.cl-top{border-collapse:collapse;margin-top:1em;font-size:.9em}table.cl-top
 """
 
 
+def _how(ex: Explanation) -> str:
+    """``rule attnlrp`` for the LRP methods, ``method ig (baseline=zero, steps=32)`` for the others."""
+    return f"rule {ex.rule}" if ex.spec.rule_based else f"method {ex.spec.method_label}"
+
+
 def explanation_html(ex: Explanation, *, norm: str = "max_abs", full_page: bool = True) -> str:
     vals = normalize(ex.input_relevance, ex.special_mask, norm)
     spans = []
@@ -40,7 +45,7 @@ def explanation_html(ex: Explanation, *, norm: str = "max_abs", full_page: bool 
     body = f"""<div class="cl-explanation">
 <div class="cl-head"><b>{_html.escape(ex.objective_description)}</b>: target <code>{_html.escape(repr(ex.target_str))}</code>
 (id {ex.target_id}){contrast} &mdash; <b>Δℓ = {ex.logit_diff:.4f}</b> &middot; model <code>{_html.escape(ex.source)}</code>
-&middot; rule {_html.escape(ex.rule)} &middot; normalisation {norm}</div>
+&middot; {_html.escape(_how(ex))} &middot; normalisation {norm}</div>
 <div class="cl-legend"><span style="background:rgba(214,39,40,.6)">supports target</span><span style="background:rgba(31,119,180,.6)">supports contrast</span></div>
 <div class="cl-text">{''.join(spans)}</div>
 <table class="cl-top"><tr><th>pos</th><th>token</th><th>relevance</th></tr>{rows}</table>

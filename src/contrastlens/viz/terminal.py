@@ -33,8 +33,9 @@ def print_explanation(ex: Explanation, *, norm: str = "max_abs", top: int = 5, c
         shown = tok if tok.strip() or "\n" in tok else visible(tok)
         text.append(shown, style="dim" if special else _style(v))
     contrast = "" if ex.contrast_str is None else f" vs contrast {ex.contrast_str!r} (id {ex.contrast_id})"
+    how = f"rule {ex.rule}" if ex.spec.rule_based else f"method {ex.spec.method_label}"
     console.print(f"[bold]{ex.objective_description}[/]: target {ex.target_str!r} (id {ex.target_id}){contrast}")
-    console.print(f"[bold]Δℓ = {ex.logit_diff:.4f}[/]   model {ex.source} · rule {ex.rule} · {ex.n_tokens} tokens · norm {norm}")
+    console.print(f"[bold]Δℓ = {ex.logit_diff:.4f}[/]   model {ex.source} · {how} · {ex.n_tokens} tokens · norm {norm}")
     console.print(text)
     table = Table(title="strongest tokens", show_lines=False)
     table.add_column("supports")

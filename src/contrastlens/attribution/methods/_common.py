@@ -1,0 +1,244 @@
+"""What the methods share: the plain (rule-free) model, embeddings and baselines, forwards that return only
+hidden states (never logits), the objective at the input, KV-cache prefixes and batched occlusion."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from contrastlens.attribution.explain import _objective_direction
+from contrastlens.attribution.methods.registry import MethodContext
+from contrastlens.errors import ContrastLensError, InputError
+from contrastlens.models.loaded import LoadedModel
+from contrastlens.objectives.registry import ObjectiveSpec, get_objective
+from contrastlens.rules.context import active_rule
+
+BASELINES = ("zero", "mean", "pad")
+
+
+def positive_int(method: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"method {method}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_baseline(method: str, baseline: Any) -> str:
+    if baseline not in BASELINES:
+        raise InputError(f"method {method}: baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    return str(baseline)
+
+
+@contextlib.contextmanager
+def plain_model(lm: LoadedModel, method: str, *, checkpointing: bool = False) -> Iterator[None]:
+    """The model without rules, in eval mode, its parameters frozen (gradients reach the inputs only), each
+    block recomputed in the backward pass with ``checkpointing``; everything is restored on exit."""
+    model = lm.model
+    if active_rule(model) is not None:
+        raise ContrastLensError(f"LRP rules are applied to this model; method {method} needs the plain model "
+                                "(call it outside apply_rules)")
+    was_training = model.training
+    frozen = [q for q in model.parameters() if q.requires_grad]
+    patched: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        model.eval()
+        for q in frozen:
+            q.requires_grad_(False)
+        if checkpointing:
+            for blk in lm.adapter.blocks(model):
+                orig: Callable[..., Any] = blk.forward
+                patched.append((blk, blk.__dict__.get("forward")))  # an instance-level forward, if any
+
+                def ckpt_forward(*args: Any, _f: Callable[..., Any] = orig, **kwargs: Any) -> Any:
+                    return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+                blk.forward = ckpt_forward
+        yield
+    finally:
+        for blk, old in reversed(patched):
+            if old is not None:
+                blk.forward = old
+            else:
+                del blk.forward
+        for q in frozen:
+            q.requires_grad_(True)
+        model.train(was_training)
+
+
+def embed(lm: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
+    """The input embeddings [1, n, d] (what the first block's input is built from), detached."""
+    with torch.no_grad():
+        return lm.adapter.embedding(lm.model)(torch.tensor([list(ids)], device=lm.device)).detach()
+
+
+def baseline_embedding(lm: LoadedModel, emb: torch.Tensor, kind: str) -> torch.Tensor:
+    """The baseline [n, d] that replaces the embeddings ``emb`` [1, n, d]: ``zero``; ``mean`` (the mean
+    embedding over the vocabulary, at every position); ``pad`` (the pad token's embedding)."""
+    n = emb.shape[1]
+    if kind == "zero":
+        return torch.zeros_like(emb[0])
+    layer = lm.adapter.embedding(lm.model)
+    with torch.no_grad():
+        if kind == "mean":
+            vocab = int(cast(torch.Tensor, layer.weight).shape[0])
+            total = torch.zeros(emb.shape[-1], dtype=torch.float32, device=emb.device)
+            for s in range(0, vocab, 8192):  # through the module (scaled embeddings), never all at once
+                ids = torch.arange(s, min(s + 8192, vocab), device=emb.device)[None]
+                total += layer(ids)[0].float().sum(0)
+            vec = (total / vocab).to(emb.dtype)
+        elif kind == "pad":
+            pad = getattr(lm.tokenizer, "pad_token_id", None)
+            if pad is None:
+                raise InputError("the tokenizer has no pad token; use baseline 'zero' or 'mean'")
+            vec = layer(torch.tensor([[int(pad)]], device=emb.device))[0, 0]
+        else:  # pragma: no cover - checked by the methods
+            raise InputError(f"unknown baseline {kind!r}")
+    return vec.expand(n, -1).clone()
+
+
+_CACHE_KW: dict[type, str] = {}
+
+
+def _cache_keyword(base: torch.nn.Module) -> str:
+    """The forward keyword of the KV cache (``cache`` in recent transformers 5, else ``past_key_values``)."""
+    key = type(base)
+    if key not in _CACHE_KW:
+        try:
+            params = inspect.signature(key.forward).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            params = {}  # type: ignore[assignment]
+        _CACHE_KW[key] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KW[key]
+
+
+def output_cache(out: Any) -> Any:
+    keys = out.keys() if hasattr(out, "keys") else ()
+    return next((out[k] for k in ("cache", "past_key_values") if k in keys), None)
+
+
+def forward_hidden(lm: LoadedModel, emb: torch.Tensor, *, start: int = 0, cache: Any = None,
+                   want_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """The last hidden states [B, s, d] of the embeddings ``emb`` [B, s, d] placed at positions
+    ``start .. start+s-1``, after the prefix held by ``cache`` (None: no prefix, ``start`` must be 0); and the
+    KV cache with ``want_cache``. Never computes logits."""
+    base = lm.adapter.base(lm.model)
+    b, s = emb.shape[0], emb.shape[1]
+    kw: dict[str, Any] = {"inputs_embeds": emb, "use_cache": want_cache or cache is not None,
+                          "position_ids": torch.arange(start, start + s, device=emb.device)[None].expand(b, -1)}
+    if cache is not None:
+        kw[_cache_keyword(base)] = cache
+    out = base(**kw)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden, output_cache(out) if want_cache else None
+
+
+def croppable(cache: Any) -> bool:
+    """Whether ``cache`` can be cut to any prefix (every layer a plain dynamic layer; sliding-window layers
+    keep only their window)."""
+    layers = getattr(cache, "layers", None)
+    if cache is None or not layers:
+        return False
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def cache_prefix(cache: Any, length: int, batch: int) -> Any:
+    """A fresh KV cache holding the first ``length`` positions of ``cache`` (batch 1) for a batch of
+    ``batch`` rows; None when there is no prefix or the cache cannot be cut (callers then recompute it)."""
+    if length <= 0 or not croppable(cache):
+        return None
+    from transformers.cache_utils import DynamicCache
+
+    data = [(layer.keys[:, :, :length].detach().expand(batch, -1, -1, -1),
+             layer.values[:, :, :length].detach().expand(batch, -1, -1, -1)) for layer in cache.layers]
+    try:
+        return DynamicCache(ddp_cache_data=data)
+    except TypeError:  # pragma: no cover - a transformers release without this constructor: recompute
+        return None
+
+
+@dataclass
+class Objective:
+    """The objective resolved at the input: S(z) = h_pos(z) · u + const for any input z (u and const are
+    fixed at the input x, so S is one linear function of the explained position's logits)."""
+
+    spec: ObjectiveSpec
+    u: torch.Tensor
+    const: float
+    logits: torch.Tensor
+
+    @classmethod
+    def at(cls, ctx: MethodContext, h: torch.Tensor) -> Objective:
+        """Resolve the objective at the explained position's final hidden state ``h`` [d] of the input."""
+        return cls(*_objective_direction(ctx.lm, h, get_objective(ctx.objective), ctx.prep.target_id,
+                                         ctx.prep.contrast_id, ctx.objective_params))
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """h · u (S without const) of hidden states h [..., d], in float32."""
+        return h.float() @ self.u
+
+
+def pad_to(rel: torch.Tensor, n: int) -> torch.Tensor:
+    """Relevance of positions 0..len(rel)-1, zeros after (positions after the explained one)."""
+    out = torch.zeros(n, dtype=torch.float32)
+    out[: rel.numel()] = rel.detach().float().cpu()
+    return out
+
+
+def plan_groups(positions: Sequence[int], length: int, max_batch: int, *, prefix_reuse: bool,
+                overhead: float = 2.0) -> list[list[int]]:
+    """Split the sorted ``positions`` (to occlude in a sequence of ``length``) into batches of at most
+    ``max_batch`` consecutive ones. A batch runs only its suffix from its first position (the prefix comes
+    from the KV cache), so it costs about (overhead + rows) × (length − first position) token-steps
+    (``overhead``: the fixed cost of a batch, in rows); the split minimises the total (dynamic programming)."""
+    p = sorted(positions)
+    k = len(p)
+    best = [0.0] + [math.inf] * k
+    cut = [0] * (k + 1)
+    for j in range(1, k + 1):
+        for i in range(max(0, j - max_batch), j):
+            suffix = length - p[i] if prefix_reuse else length
+            c = best[i] + (overhead + j - i) * suffix
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups = []
+    j = k
+    while j > 0:
+        groups.append(p[cut[j]: j])
+        j = cut[j]
+    return groups[::-1]
+
+
+@torch.no_grad()
+def occluded_scores(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, groups: Sequence[Sequence[int]],
+                    objective: Objective, cache: Any) -> tuple[dict[int, float], int]:
+    """h·u at the last position of ``emb`` [1, n, d] with the embedding of one position replaced by
+    ``baseline`` [n, d], for every position of ``groups`` (one batched forward per group; each group runs only
+    its suffix from its first position, the prefix taken from ``cache``, the KV cache of the clean input).
+    Returns ({position: score}, the number of token-steps run)."""
+    out: dict[int, float] = {}
+    steps = 0
+    for group in groups:
+        start = min(group)
+        past = cache_prefix(cache, start, len(group))
+        if past is None:
+            start = 0
+        x = emb[:, start:].expand(len(group), -1, -1).clone()
+        for r, p in enumerate(group):
+            x[r, p - start] = baseline[p]
+        h, _ = forward_hidden(lm, x, start=start, cache=past)
+        out.update(zip(group, objective.score(h[:, -1]).tolist(), strict=True))
+        steps += len(group) * x.shape[1]
+    return out, steps
+
+
+__all__ = ["BASELINES", "Objective", "baseline_embedding", "cache_prefix", "check_baseline", "embed",
+           "forward_hidden", "occluded_scores", "pad_to", "plain_model", "plan_groups", "positive_int"]
