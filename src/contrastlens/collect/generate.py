@@ -12,12 +12,12 @@ earlier ones), never through ``generate()``, whose ``past_key_values`` argument 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from contrastlens.models.kv_cache import croppable, forward_keywords, output_cache
 from contrastlens.models.loaded import LoadedModel
 
 
@@ -73,37 +73,11 @@ class SettledStop:
         return done
 
 
-_FORWARD_KW: dict[type, tuple[str, bool]] = {}
-
-
-def _forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
-    """The forward keyword of the KV cache (``cache``, or ``past_key_values`` in older transformers) and
-    whether forward takes ``logits_to_keep``; looked up once per model class."""
-    key = type(model)
-    if key not in _FORWARD_KW:
-        try:  # the class's forward: an instance's forward may be wrapped (hooks) under another signature
-            params = inspect.signature(key.forward).parameters
-        except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
-            params = {}  # type: ignore[assignment]
-        _FORWARD_KW[key] = ("cache" if "cache" in params else "past_key_values", "logits_to_keep" in params)
-    return _FORWARD_KW[key]
-
-
-def output_cache(out: Any) -> Any:
-    """The KV cache a forward call returned (``cache`` in recent transformers 5 releases,
-    ``past_key_values`` in earlier ones), or None."""
-    keys = out.keys() if hasattr(out, "keys") else ()
-    for name in ("cache", "past_key_values"):
-        if name in keys:
-            return out[name]
-    return None
-
-
 def forward(lm: LoadedModel, input_ids: torch.Tensor, *, cache: Any = None,
             attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
             use_cache: bool = True, logits_to_keep: int | None = None) -> Any:
     """One forward call of ``lm.model`` with the cache under the keyword the installed transformers uses."""
-    cache_kw, has_keep = _forward_keywords(lm.model)
+    cache_kw, has_keep = forward_keywords(lm.model)
     kw: dict[str, Any] = {"input_ids": input_ids, "use_cache": use_cache}
     if cache is not None:
         kw[cache_kw] = cache
@@ -257,11 +231,7 @@ class PrefixCache:
         """A fresh cache holding the first ``length`` tokens, repeated for a batch of ``k``; None when the
         cache cannot be cut that way (sliding-window layers keep only their window), and callers then
         recompute the prefix."""
-        if self.cache is None or not hasattr(self.cache, "crop"):
-            return None
-        from transformers.cache_utils import DynamicLayer
-
-        if any(type(layer) is not DynamicLayer for layer in getattr(self.cache, "layers", [None])):
+        if self.cache is None or not hasattr(self.cache, "crop") or not croppable(self.cache):
             return None
         c = copy.deepcopy(self.cache)
         c.crop(length - c.get_seq_length())  # a negative count: the number of tokens to drop

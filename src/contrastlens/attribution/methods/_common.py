@@ -4,7 +4,6 @@ hidden states (never logits), the objective at the input, KV-cache prefixes and 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from contrastlens.attribution.explain import _objective_direction
 from contrastlens.attribution.methods.registry import MethodContext
 from contrastlens.errors import ContrastLensError, InputError
+from contrastlens.models.kv_cache import croppable, forward_keywords, output_cache
 from contrastlens.models.loaded import LoadedModel
 from contrastlens.objectives.registry import ObjectiveSpec, get_objective
 from contrastlens.rules.context import active_rule
@@ -103,26 +103,6 @@ def baseline_embedding(lm: LoadedModel, emb: torch.Tensor, kind: str) -> torch.T
     return vec.expand(n, -1).clone()
 
 
-_CACHE_KW: dict[type, str] = {}
-
-
-def _cache_keyword(base: torch.nn.Module) -> str:
-    """The forward keyword of the KV cache (``cache`` in recent transformers 5, else ``past_key_values``)."""
-    key = type(base)
-    if key not in _CACHE_KW:
-        try:
-            params = inspect.signature(key.forward).parameters
-        except (TypeError, ValueError):  # pragma: no cover
-            params = {}  # type: ignore[assignment]
-        _CACHE_KW[key] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KW[key]
-
-
-def output_cache(out: Any) -> Any:
-    keys = out.keys() if hasattr(out, "keys") else ()
-    return next((out[k] for k in ("cache", "past_key_values") if k in keys), None)
-
-
 def forward_hidden(lm: LoadedModel, emb: torch.Tensor, *, start: int = 0, cache: Any = None,
                    want_cache: bool = False) -> tuple[torch.Tensor, Any]:
     """The last hidden states [B, s, d] of the embeddings ``emb`` [B, s, d] placed at positions
@@ -133,21 +113,10 @@ def forward_hidden(lm: LoadedModel, emb: torch.Tensor, *, start: int = 0, cache:
     kw: dict[str, Any] = {"inputs_embeds": emb, "use_cache": want_cache or cache is not None,
                           "position_ids": torch.arange(start, start + s, device=emb.device)[None].expand(b, -1)}
     if cache is not None:
-        kw[_cache_keyword(base)] = cache
+        kw[forward_keywords(base)[0]] = cache
     out = base(**kw)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden, output_cache(out) if want_cache else None
-
-
-def croppable(cache: Any) -> bool:
-    """Whether ``cache`` can be cut to any prefix (every layer a plain dynamic layer; sliding-window layers
-    keep only their window)."""
-    layers = getattr(cache, "layers", None)
-    if cache is None or not layers:
-        return False
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
 
 
 def cache_prefix(cache: Any, length: int, batch: int) -> Any:
