@@ -82,9 +82,6 @@ def get_rule(rule: str | RuleSet | None) -> RuleSet:
     return RULES[key]
 
 
-_rule_set = get_rule
-
-
 def _norm_kind(module: nn.Module, adapter: ArchAdapter) -> str:
     if isinstance(module, nn.LayerNorm):
         return "layer"
@@ -165,7 +162,7 @@ def apply_rules(
     backward pass computes the modified gradient. ``checkpointing=True`` recomputes each block in the
     backward pass (activation memory of one block at a time). Everything is restored on exit.
     """
-    rs = _rule_set(rule)
+    rs = get_rule(rule)
     adapter = adapter or get_adapter(model)
     if rules_active(model):
         raise ContrastLensError("rules are already applied to this model (nested apply_rules)")
