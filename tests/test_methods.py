@@ -152,7 +152,9 @@ def test_lrp_occlusion_verifies_the_attnlrp_shortlist(random_lm, arch):
     lm = random_lm(arch)
     ids = lm.encode(PROMPT)
     k = 5
-    lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": k, "batch_size": 2})
+    # no refinement and a budget that admits the whole shortlist: the shortlist carries its single effects
+    lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
+                    method_params={"k": k, "batch_size": 2, "refine": False, "budget": 100})
     occ = cl.explain(lm, ids, 11, 17, method="occlusion")
     lrp = cl.explain(lm, ids, 11, 17)
     sl = lo.meta["shortlist"]
@@ -183,7 +185,8 @@ def test_lrp_occlusion_runs_only_the_suffix_after_the_earliest_shortlisted_posit
         lambda _m, args, kwargs: shapes.append(tuple((args[0] if args else kwargs["hidden_states"]).shape[:2])),
         with_kwargs=True)
     try:
-        lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 4})
+        lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
+                        method_params={"k": 4, "refine": False, "budget": 100})
     finally:
         handle.remove()
     sl = lo.meta["shortlist"]
@@ -193,15 +196,74 @@ def test_lrp_occlusion_runs_only_the_suffix_after_the_earliest_shortlisted_posit
     assert all(s < n for _, s in batches) and max(s for _, s in batches) == n - sl[0]
     assert lo.meta["token_steps"] == sum(b * s for b, s in batches)
     # the same values with checkpointing (no cache taken from the rule forward then)
-    ck = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 4}, checkpointing=True)
+    ck = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 4, "refine": False, "budget": 100},
+                    checkpointing=True)
     np.testing.assert_allclose(ck.input_relevance, lo.input_relevance, rtol=1e-4, atol=1e-6)
+
+
+def _masked_score(lm, ids, positions):
+    """Δℓ with the embeddings at ``positions`` set to zero, from the full model."""
+    emb = _emb(lm, ids).clone()
+    emb[0, list(positions)] = 0.0
+    with torch.no_grad():
+        return float(_score(lm, emb)[0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist(random_lm, arch):
+    lm = random_lm(arch)
+    ids = lm.encode(PROMPT * 2)
+    lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 6, "budget": 1000})
+    sl, picks, path = lo.meta["shortlist"], lo.meta["greedy"], lo.meta["greedy_scores"]
+    assert len(sl) == 6 and picks and len(path) == len(picks) and set(picks) <= set(sl)
+    # brute force: each pick lowers Δℓ the most among the shortlisted positions not yet picked
+    chosen: list[int] = []
+    for t, p in enumerate(picks):
+        trial = {c: _masked_score(lm, ids, chosen + [c]) for c in sl if c not in chosen}
+        best = min(trial.values())
+        assert trial[p] == pytest.approx(best, abs=2e-4), (t, trial)
+        assert path[t] == pytest.approx(trial[p], rel=1e-3, abs=2e-4)
+        chosen.append(p)
+    # it stops at the first flip (or when the shortlist runs out)
+    assert all(v >= 0 for v in path[:-1])
+    assert lo.meta["flipped"] == (path[-1] < 0)
+    assert path[-1] < 0 or len(picks) == len(sl)
+    # the picks rank first, in pick order, and carry at least their drop of Δℓ
+    top = np.argsort(-lo.input_relevance, kind="stable")[: len(picks)].tolist()
+    assert top == picks
+    drops = -np.diff([lo.logit_diff] + path)
+    assert np.all(lo.input_relevance[picks] >= drops.astype(np.float32) - 1e-6)
+
+
+def test_lrp_occlusion_stays_within_its_budget_at_any_length(random_lm):
+    from contrastlens.attribution.methods.lrp_occlusion import FORWARD_OVERHEAD, work
+
+    lm = random_lm("qwen3")
+    for reps in (1, 4, 12):
+        ids = lm.encode(PROMPT * reps)
+        n = len(ids)
+        for budget in (0.5, 1.5, 3.0):
+            lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 16, "budget": budget})
+            m = lo.meta
+            assert m["budget_steps"] == budget * n
+            # the work run (suffix token-steps plus the per-forward overhead) fits the budget, except the one
+            # shortlisted position always admitted
+            assert m["work"] <= max(budget * n, n + FORWARD_OVERHEAD), (reps, budget, m)
+            assert m["token_steps"] <= m["work"]
+            assert 1 <= len(m["shortlist"]) <= 16
+        # a larger budget never admits fewer positions
+        sizes = [len(cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
+                                method_params={"budget": b, "refine": False}).meta["shortlist"]) for b in (0.5, 2, 8)]
+        assert sizes == sorted(sizes)
+    assert work([10, 3, 7], 2) == 2 * 10 + FORWARD_OVERHEAD + 1 * 3 + FORWARD_OVERHEAD
 
 
 def test_lrp_occlusion_skips_special_tokens_and_takes_a_rule(random_lm):
     lm = random_lm("qwen3")
-    lo = cl.explain(lm, "What is 3 + 5?", 11, 17, chat=True, method="lrp-occlusion", method_params={"k": 3})
+    lo = cl.explain(lm, "What is 3 + 5?", 11, 17, chat=True, method="lrp-occlusion",
+                    method_params={"k": 3, "budget": 100})
     assert not any(lo.special_mask[i] for i in lo.meta["shortlist"]) and len(lo.meta["shortlist"]) == 3
-    cp = cl.explain(lm, PROMPT, 11, 17, method="lrp-occlusion", rule="cp-lrp", method_params={"k": 3})
+    cp = cl.explain(lm, PROMPT, 11, 17, method="lrp-occlusion", rule="cp-lrp", method_params={"k": 3, "budget": 100})
     lrp = cl.explain(lm, PROMPT, 11, 17, rule="cp-lrp")
     assert cp.spec.rule == "cp-lrp"
     assert cp.meta["shortlist"] == sorted(np.argsort(-np.abs(lrp.input_relevance))[:3].tolist())

@@ -187,6 +187,40 @@ def plan_groups(positions: Sequence[int], length: int, max_batch: int, *, prefix
 
 
 @torch.no_grad()
+def masked_scores(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, rows: Sequence[Sequence[int]],
+                  objective: Objective, cache: Any, max_batch: int) -> tuple[list[float], int]:
+    """h·u at the last position of ``emb`` [1, n, d] with the embeddings of every position of a row replaced
+    by ``baseline`` [n, d], for each row of ``rows`` (sets of positions). Rows are sorted by their first
+    position and run in batches of at most ``max_batch``; a batch runs only its suffix from its earliest
+    position, the prefix taken from ``cache`` (the KV cache of the clean input). Returns the scores in the
+    order of ``rows`` and the number of token-steps run."""
+    order = sorted(range(len(rows)), key=lambda r: min(rows[r]))
+    out = [0.0] * len(rows)
+    steps = 0
+    for b0 in range(0, len(order), max_batch):
+        batch = order[b0: b0 + max_batch]
+        out_b, steps_b = _masked_batch(lm, emb, baseline, [rows[r] for r in batch], objective, cache)
+        for r, v in zip(batch, out_b, strict=True):
+            out[r] = v
+        steps += steps_b
+    return out, steps
+
+
+def _masked_batch(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, rows: Sequence[Sequence[int]],
+                  objective: Objective, cache: Any) -> tuple[list[float], int]:
+    start = min(min(r) for r in rows)
+    past = cache_prefix(cache, start, len(rows))
+    if past is None:
+        start = 0
+    x = emb[:, start:].expand(len(rows), -1, -1).clone()
+    for r, positions in enumerate(rows):
+        for p in positions:
+            x[r, p - start] = baseline[p]
+    h, _ = forward_hidden(lm, x, start=start, cache=past)
+    return objective.score(h[:, -1]).tolist(), len(rows) * x.shape[1]
+
+
+@torch.no_grad()
 def occluded_scores(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, groups: Sequence[Sequence[int]],
                     objective: Objective, cache: Any) -> tuple[dict[int, float], int]:
     """h·u at the last position of ``emb`` [1, n, d] with the embedding of one position replaced by
@@ -196,18 +230,11 @@ def occluded_scores(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, 
     out: dict[int, float] = {}
     steps = 0
     for group in groups:
-        start = min(group)
-        past = cache_prefix(cache, start, len(group))
-        if past is None:
-            start = 0
-        x = emb[:, start:].expand(len(group), -1, -1).clone()
-        for r, p in enumerate(group):
-            x[r, p - start] = baseline[p]
-        h, _ = forward_hidden(lm, x, start=start, cache=past)
-        out.update(zip(group, objective.score(h[:, -1]).tolist(), strict=True))
-        steps += len(group) * x.shape[1]
+        vals, n = _masked_batch(lm, emb, baseline, [(p,) for p in group], objective, cache)
+        out.update(zip(group, vals, strict=True))
+        steps += n
     return out, steps
 
 
 __all__ = ["BASELINES", "Objective", "baseline_embedding", "cache_prefix", "check_baseline", "embed",
-           "forward_hidden", "occluded_scores", "pad_to", "plain_model", "plan_groups", "positive_int"]
+           "forward_hidden", "masked_scores", "occluded_scores", "pad_to", "plain_model", "plan_groups", "positive_int"]

@@ -1,25 +1,40 @@
-"""``lrp-occlusion``: AttnLRP shortlists, occlusion verifies.
+"""``lrp-occlusion``: AttnLRP shortlists, occlusion verifies, a greedy search re-ranks.
 
 1. One LRP explanation (the rule: ``attnlrp`` unless ``rule=`` says otherwise) gives input relevance R.
-2. The ``k`` non-special positions with the largest |R| (the shortlist) are occluded, each alone (its
+2. **Shortlist.** Up to ``k`` non-special positions, taken by decreasing |R|, are occluded, each alone (its
    embedding replaced by the baseline), in batched forwards that reuse the unchanged prefix: the LRP forward
    keeps its KV cache, and a batch runs only the suffix from its earliest position (batches are split so
-   that the total suffix work is smallest).
-3. Relevance: the occlusion effects S(x) − S(x without i) on the shortlist; elsewhere R, scaled by one
-   positive factor to stay below the shortlist's smallest nonzero |effect| (order and signs kept), so a
-   ranking by |relevance| puts the verified tokens first.
+   that the total suffix work is smallest). Effect e_i = S(x) − S(x without i).
+3. **Greedy refinement** (``refine``): starting from M = {the largest single effect} (the first greedy step,
+   already run by step 2), repeatedly add the shortlisted position
+   whose occlusion together with M lowers S the most (every shortlisted position is a candidate, whatever
+   the sign of its single effect: interactions are the point), one batched forward of the candidates per step, until S(x without M) + const < 0 (the prediction
+   flipped), the candidates run out or the budget does. This catches interactions single occlusion misses
+   (two tokens that each carry the answer alone).
+4. **Relevance.** Greedy picks rank first, in pick order: their value is the drop of S their addition made,
+   raised where needed to the smallest value that keeps that order ahead of every other position; the other
+   shortlisted positions carry e_i; the rest carry R scaled by one positive factor that keeps it below the
+   shortlist's smallest nonzero |e_i| (order and signs kept).
 
-Cost: one LRP explanation plus the shortlist's suffixes (Σ over batches of rows × suffix length token-steps;
-``ex.meta["token_steps"]``); no extra clean forward. Without a croppable cache (sliding-window layers) or
-with ``checkpointing`` each batch recomputes from position 0.
+**Cost.** The work after the LRP explanation is bounded by ``budget`` × n token-steps (n: the explained
+length; one plain forward of the input is n token-steps, about half an AttnLRP explanation on a CPU; every
+batch also counts ``FORWARD_OVERHEAD`` token-steps, the fixed cost of a forward), half for the shortlist and
+the rest for the refinement: the shortlist is admitted in |R| order while its estimated
+suffix work fits (at least one position always is), and the refinement stops before a step that would
+exceed the budget. So the method stays within a fixed multiple of one AttnLRP explanation at any length
+(occluding every position is n forwards). ``ex.meta["token_steps"]`` reports the work actually run.
+Without a croppable cache (sliding-window layers) or with ``checkpointing`` each batch recomputes from
+position 0 (the budget then admits fewer rows).
 
-Options: ``k`` (16), ``baseline`` (``zero``, ``mean``, ``pad``); runtime: ``batch_size`` (16, the most rows
-per forward). ``meta``: ``shortlist`` (sorted positions), ``lrp_scale``, ``seconds_lrp``,
-``seconds_occlusion``, ``prefix_reuse``, ``token_steps``.
+Options: ``k`` (16), ``budget`` (1.5), ``refine`` (True), ``baseline`` (``zero``, ``mean``, ``pad``);
+runtime: ``batch_size`` (16, the most rows per forward). ``meta``: ``shortlist`` (sorted positions),
+``greedy`` (picked positions in order), ``greedy_scores`` (S + const after each pick), ``flipped``,
+``lrp_scale``, ``seconds_lrp``, ``seconds_occlusion``, ``prefix_reuse``, ``token_steps``, ``budget_steps``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -31,6 +46,7 @@ from contrastlens.attribution.methods._common import (
     croppable,
     embed,
     forward_hidden,
+    masked_scores,
     occluded_scores,
     plain_model,
     plan_groups,
@@ -38,21 +54,66 @@ from contrastlens.attribution.methods._common import (
 )
 from contrastlens.attribution.methods.lrp import lrp_pass
 from contrastlens.attribution.methods.registry import MethodContext, MethodResult, register_method
+from contrastlens.errors import InputError
 
 
 def shortlist(relevance: torch.Tensor, special: list[bool], k: int) -> list[int]:
     """The ``k`` non-special positions with the largest |relevance| (all positions if every one is
     special), sorted by position."""
+    return sorted(ranked(relevance, special)[:k])
+
+
+def ranked(relevance: torch.Tensor, special: list[bool]) -> list[int]:
+    """Non-special positions (all if every one is special) by decreasing |relevance|, ties by position."""
     r = relevance.abs().tolist()
     candidates = [i for i in range(len(r)) if not special[i]] or list(range(len(r)))
-    return sorted(sorted(candidates, key=lambda i: -r[i])[:k])
+    return sorted(candidates, key=lambda i: (-r[i], i))
 
 
-@register_method("lrp-occlusion", params={"k": 16, "baseline": "zero"}, runtime={"batch_size": 16},
-                 rule="attnlrp", description="AttnLRP shortlists the k most relevant tokens, occlusion verifies them")
-def lrp_occlusion(ctx: MethodContext, *, k: int, baseline: str, batch_size: int) -> MethodResult:
+#: the fixed cost of one forward, in token-steps (on a CPU a forward of 8 tokens costs about as much as
+#: 30 more tokens; on a GPU far more): the budget counts it for every batch
+FORWARD_OVERHEAD = 32
+
+
+def work(suffixes: list[int], batch_size: int) -> int:
+    """Estimated work of rows with these suffix lengths run in batches of ``batch_size``: Σ suffix plus
+    ``FORWARD_OVERHEAD`` per batch (an upper bound of what the batches run: each runs its longest suffix)."""
+    s = sorted(suffixes, reverse=True)
+    batches = [s[i: i + batch_size] for i in range(0, len(s), batch_size)]
+    return sum(len(b) * b[0] + FORWARD_OVERHEAD for b in batches)
+
+
+def admit(order: list[int], length: int, k: int, budget: float, batch_size: int, *, prefix_reuse: bool
+          ) -> list[int]:
+    """The first positions of ``order`` (at most ``k``) whose occlusion rows fit ``budget`` (see
+    :func:`work`; a row for position i runs the suffix of length − i with a reusable prefix, else all
+    ``length``); at least one position. Sorted by position."""
+    chosen: list[int] = []
+    for i in order[:k]:
+        trial = chosen + [i]
+        if chosen and work([length - j if prefix_reuse else length for j in trial], batch_size) > budget:
+            continue
+        chosen = trial
+    return sorted(chosen)
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InputError(f"lrp-occlusion: {name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+@register_method("lrp-occlusion", params={"k": 16, "budget": 1.5, "refine": True, "baseline": "zero"},
+                 runtime={"batch_size": 16}, rule="attnlrp",
+                 description="AttnLRP shortlists the k most relevant tokens, occlusion verifies them, a greedy "
+                             "search re-ranks them (within budget × n token-steps)")
+def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, baseline: str,
+                  batch_size: int) -> MethodResult:
     k = positive_int("lrp-occlusion", "k", k)
     batch_size = positive_int("lrp-occlusion", "batch_size", batch_size)
+    budget = _number("budget", budget)
+    if not isinstance(refine, bool):
+        raise InputError(f"lrp-occlusion: refine must be true or false, got {refine!r}")
     check_baseline("lrp-occlusion", baseline)
     assert ctx.rule is not None
     lm, pos = ctx.lm, ctx.position
@@ -64,8 +125,9 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, baseline: str, batch_size: int)
     t1 = time.perf_counter()
     R = res.input_relevance.detach().float().cpu()
     specials = lm.special_ids()
-    chosen = shortlist(R[:length], [i in specials for i in ctx.ids[:length]], k)
+    order = ranked(R[:length], [i in specials for i in ctx.ids[:length]])
     obj = Objective(res.objective, res.u, res.const, res.logits)
+    budget_steps = budget * length
     with plain_model(lm, "lrp-occlusion"), torch.no_grad():
         x = embed(lm, ctx.ids[:length])
         b = baseline_embedding(lm, x, baseline)
@@ -74,9 +136,37 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, baseline: str, batch_size: int)
             _, cache = forward_hidden(lm, x, want_cache=True)
             steps += length
         reuse = croppable(cache)
+        chosen = admit(order, length, k, budget_steps * (0.5 if refine else 1.0), batch_size, prefix_reuse=reuse)
         groups = plan_groups(chosen, length, batch_size, prefix_reuse=reuse)
         scores, occ_steps = occluded_scores(lm, x, b, groups, obj, cache)
-    effects = {i: res.score - scores[i] for i in chosen}
+        steps += occ_steps
+        used = occ_steps + FORWARD_OVERHEAD * len(groups)
+        effects = {i: res.score - scores[i] for i in chosen}
+        picks: list[int] = []
+        drops: list[float] = []
+        path: list[float] = []
+        flipped = False
+        if refine:
+            cands = sorted(chosen, key=lambda i: (-effects[i], i))
+            # the first greedy step is the single occlusion already run: the largest effect
+            picks.append(cands.pop(0))
+            cur = scores[picks[0]]
+            drops.append(effects[picks[0]])
+            path.append(cur + res.const)
+            while cands and cur + res.const >= 0:
+                first = min(picks) if picks else length
+                est = work([length - min(first, c) if reuse else length for c in cands], batch_size)
+                if used + est > budget_steps:
+                    break
+                vals, n_steps = masked_scores(lm, x, b, [(*picks, c) for c in cands], obj, cache, batch_size)
+                steps += n_steps
+                used += n_steps + FORWARD_OVERHEAD * -(-len(cands) // batch_size)
+                best = min(range(len(cands)), key=lambda j: (vals[j], j))
+                picks.append(cands.pop(best))
+                drops.append(cur - vals[best])
+                cur = vals[best]
+                path.append(cur + res.const)
+            flipped = bool(path) and path[-1] < 0
     rest = torch.ones(R.numel(), dtype=torch.bool)
     rest[chosen] = False
     rest[length:] = False
@@ -87,9 +177,27 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, baseline: str, batch_size: int)
         scale = min(1.0, 0.5 * min(nonzero) / top_rest) if nonzero else 0.0
     rel = R * scale
     rel[chosen] = torch.tensor([effects[i] for i in chosen], dtype=torch.float32)
-    meta = {"shortlist": chosen, "lrp_scale": scale, "seconds_lrp": t1 - t0,
-            "seconds_occlusion": time.perf_counter() - t1, "prefix_reuse": reuse, "token_steps": steps + occ_steps}
+    if picks:
+        others = [float(rel[i]) for i in range(length) if i not in picks]
+        floor = max(others) if others else -math.inf
+        values = []
+        for d in reversed(drops):  # last pick first: each value just above the next one's
+            v = d if d > floor else _above(floor)
+            values.append(v)
+            floor = v
+        rel[picks] = torch.tensor(values[::-1], dtype=torch.float32)
+    meta = {"shortlist": chosen, "greedy": picks, "greedy_scores": path, "flipped": flipped, "lrp_scale": scale,
+            "seconds_lrp": t1 - t0, "seconds_occlusion": time.perf_counter() - t1, "prefix_reuse": reuse,
+            "token_steps": steps, "work": used, "budget_steps": budget_steps}
     return MethodResult(rel, res.objective, res.u, res.const, res.score, res.logits, meta=meta)
 
 
-__all__ = ["lrp_occlusion", "shortlist"]
+def _above(v: float) -> float:
+    """The next float32 value above ``v`` (plus a relative margin, so the order survives rounding)."""
+    if v == -math.inf:
+        return 0.0
+    step = max(abs(v) * 1e-5, 1e-7)
+    return float(torch.tensor(v + step, dtype=torch.float32))
+
+
+__all__ = ["FORWARD_OVERHEAD", "admit", "lrp_occlusion", "ranked", "shortlist", "work"]
