@@ -19,7 +19,7 @@ with :func:`register_method` (see :mod:`contrastlens.attribution.methods.registr
 
 from __future__ import annotations
 
-from contrastlens.attribution.methods import ig, ixg, lrp, lrp_occlusion, occlusion, random_scores  # noqa: F401
+from contrastlens.attribution.methods import flashtrace, ig, ixg, lrp, lrp_occlusion, occlusion, random_scores  # noqa: F401
 from contrastlens.attribution.methods.registry import (
     METHODS,
     AttributionMethod,
