@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "logits": ("logits", "show the top next-token logits, to pick a target and a contrast"),
     "graph": ("graph", "build a cross-layer attribution graph"),
     "collect": ("collect", "collect failure cases from a benchmark"),
+    "study": ("study", "run a failure study (resumable, optionally on Ray), show its status, render its report"),
 }
 
 

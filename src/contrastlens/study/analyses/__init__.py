@@ -1,6 +1,14 @@
-"""Analyses of explanations. ``faithfulness``: perturbation metrics of input relevance (tokens to flip,
-MoRF/LeRF curves and the area between them, deletion/insertion AUC, AOPC, a greedy oracle, bootstrap
-aggregation over cases)."""
+"""Analyses of explanations, each a module of plain functions plus a study analysis registered under its
+name (``contrastlens.study.base.register_analysis``):
+
+- ``faithfulness``: perturbation metrics of input relevance (tokens to flip, MoRF/LeRF curves and the area
+  between them, deletion/insertion AUC, AOPC, a greedy oracle, bootstrap aggregation over cases);
+- ``segments``: per-segment sums of normalised input relevance (instruction, query, answer);
+- ``cross_size``: the same cases under larger models of the same tokenizer;
+- ``cross_checkpoint``: the same cases along an ordered checkpoint series;
+- ``taxonomy``: failure pre-labels (M-IA / NC-IA+M-AG / NC-IA+AG; URT / OIT / URT+OIT / bias-dominated)
+  beside manual labels.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +49,6 @@ __all__ = [
     "lerf_order", "morf_lerf_curves", "morf_order", "random_scores", "summarize", "summarize_tokens_to_flip",
     "tokens_to_flip",
 ]
+
+# the study analyses register themselves on import
+from contrastlens.study.analyses import cross_checkpoint, cross_size, segments, taxonomy  # noqa: E402, F401
