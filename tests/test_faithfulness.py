@@ -525,3 +525,258 @@ def test_summaries_over_cases_equal_hand_computed_numbers():
     assert out.loc["oracle", "tokens_to_flip_mean"] == pytest.approx(2.0) and out.loc["oracle", "cases"] == 3
     assert math.isnan(out.loc["oracle", "mean_area_between"])
     assert summarize(table, n_boot=300, seed=0).equals(summarize(table, n_boot=300, seed=0))
+
+
+# ------------------------------------------------------------------------------- curves and the study analysis
+def _explainer(lm, ids, t, c):
+    """A memoised ``explain(method=..., **options)`` of one input, as a UnitContext gives it."""
+    import functools
+
+    @functools.cache
+    def _ex(method, items):
+        return cl.explain(lm, ids, t, c, method=method, method_params=dict(items) or None)
+
+    return lambda method=None, **o: _ex(method or "attnlrp", tuple(sorted(o.items())))
+
+
+def test_curves_are_the_single_curve_functions(random_lm):
+    from contrastlens.study.analyses.faithfulness import faithfulness_and_curves
+
+    lm = random_lm("llama")
+    ids = _ids_with_bos(lm)
+    t, c = _top2(lm, ids)
+    ex = cl.explain(lm, ids, t, c)
+    rand = random_scores(len(ids), 2)
+    ref = DeltaForward.from_explanation(lm, ex)
+    metrics, curves = faithfulness_and_curves(ex, lm, methods={"attnlrp": ex.input_relevance, "random": rand},
+                                              steps=6, oracle_limit=3, case="c")
+    assert metrics.equals(faithfulness(ex, lm, methods={"attnlrp": ex.input_relevance, "random": rand}, steps=6,
+                                       oracle_limit=3, case="c"))
+    for name, s in (("attnlrp", ex.input_relevance), ("random", rand)):
+        got = {k: g.sort_values("k")["logit_diff"].to_numpy() for k, g in curves[curves["method"] == name].groupby("kind")}
+        morf, lerf = morf_lerf_curves(ref, s, steps=6)
+        np.testing.assert_allclose(got["morf"], morf, atol=1e-9)
+        np.testing.assert_allclose(got["lerf"], lerf, atol=1e-9)
+        np.testing.assert_allclose(got["insertion"], insertion_curve(ref, s, steps=6), atol=1e-9)
+        assert curves[curves["method"] == name]["k"].max() == 6
+    orc = greedy_oracle(ref, limit=3)
+    oc = curves[curves["method"] == "oracle"].sort_values("k")
+    np.testing.assert_allclose(oc["logit_diff"], orc.curve, atol=1e-12)
+    assert (oc["kind"] == "morf").all() and (metrics["oracle_tokens_to_flip"] == orc.tokens).all()
+    assert orc.tokens <= 3 and (metrics["limit"] == len(ids) - 1).all()  # the methods' limit is unchanged
+
+
+def test_evaluate_case_runs_every_method_and_times_it(random_lm):
+    from contrastlens.study.analyses.faithfulness import FaithfulnessSettings, evaluate_case
+
+    lm = random_lm("llama")
+    ids = _ids_with_bos(lm)
+    t, c = _top2(lm, ids)
+    explain = _explainer(lm, ids, t, c)
+    s = FaithfulnessSettings(methods=["attnlrp", "ixg", "occlusion", "lrp-occlusion", "random"],
+                             method_options={"lrp-occlusion": {"k": 4}}, random_seeds=[0, 5], oracle_limit=4)
+    res = evaluate_case(lm, explain, s, case="c1")
+    m = res.metrics
+    assert m["method"].tolist() == ["attnlrp", "ixg", "occlusion", "lrp-occlusion", "random", "random"]
+    assert m["seed"].tolist()[-2:] == [0, 5] and m["seed"].isna().tolist()[:4] == [True] * 4
+    ref = explain("attnlrp")
+    assert (m["attnlrp_seconds"] == ref.meta["seconds"]).all()
+    np.testing.assert_allclose(m["cost_vs_attnlrp"], m["seconds"] / ref.meta["seconds"])
+    assert m.loc[0, "cost_vs_attnlrp"] == 1.0
+    assert m.loc[3, "seconds"] == explain("lrp-occlusion", k=4).meta["seconds"]
+    direct = faithfulness(ref, lm, methods={"attnlrp": ref.input_relevance, "ixg": explain("ixg").input_relevance,
+                                            "r5": explain("random", seed=5).input_relevance}, oracle_limit=4)
+    for i, j in ((0, 0), (1, 1), (5, 2)):
+        for col in ("tokens_to_flip", "censored", "area_between", "aopc", "deletion_auc", "insertion_auc",
+                    "oracle_tokens_to_flip"):
+            assert m.loc[i, col] == pytest.approx(direct.loc[j, col], abs=1e-9), col
+    assert set(res.curves["method"]) == {"attnlrp", "ixg", "occlusion", "lrp-occlusion", "random", "oracle"}
+    assert res.skipped.empty and res.meta["variants"] > 0
+    # a long input: the expensive methods are skipped with a reason, the curves are cut, no oracle
+    short = FaithfulnessSettings(methods=["attnlrp", "occlusion", "random"], random_seeds=[1], max_positions=5,
+                                 long_steps=3, long_limit=4, oracle_max_positions=3)
+    res = evaluate_case(lm, explain, short, case="c1")
+    assert res.metrics["method"].tolist() == ["attnlrp", "random"] and res.metrics["long_input"].all()
+    assert (res.metrics["steps"] == 3).all() and (res.metrics["limit"] == 4).all()
+    assert "oracle_tokens_to_flip" not in res.metrics
+    assert res.skipped["method"].tolist() == ["occlusion", "oracle"]
+    assert "max_positions=5" in res.skipped["reason"][0]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"methods": ["attnlrp", "nope"]}, "methods: unknown attribution method 'nope'"),
+    ({"methods": []}, "methods must be a non-empty list"),
+    ({"masking": "neutral"}, "needs neutral_token"),
+    ({"masking": "blur"}, "masking must be one of"),
+    ({"method_options": {"ig": {"steps": 4}}, "methods": ["attnlrp"]}, "method_options.ig: ig is not one of"),
+    ({"method_options": {"random": {"seed": 1}}}, "give the seeds as random_seeds"),
+    ({"random_seeds": []}, "random_seeds must be a non-empty list"),
+    ({"steps": -1}, "steps must be"),
+    ({"curve_x": "log"}, "curve_x must be one of"),
+])
+def test_bad_faithfulness_settings_name_the_key(bad, match):
+    from contrastlens.study.analyses.faithfulness import FaithfulnessSettings, check_settings
+
+    with pytest.raises(InputError, match=match):
+        check_settings(FaithfulnessSettings(**bad))
+
+
+def _synthetic_metrics():
+    """10 cases in two benchmarks; 'good' is strictly better than attnlrp everywhere and costs 1.5×;
+    'exact' is best but costs 50×; random is cheap and bad. AttnLRP flips in about 2 tokens on b1 only."""
+    import pandas as pd
+
+    att = {"b1": [1, 2, 2, 3, 2], "b2": [10, 12, 14, 16, 18]}
+    rows = []
+    for b in ("b1", "b2"):
+        for i, tok in enumerate(att[b]):
+            case = f"{b}-{i}"
+            base = {"case": case, "benchmark": b, "model": "m", "rule": "attnlrp", "n_tokens": 40, "masking": "zero",
+                    "logit_diff": 2.0, "censored": False, "aopc": 1.0, "deletion_auc": 0.2, "insertion_auc": 0.8,
+                    "oracle_tokens_to_flip": 1, "oracle_censored": False, "limit": 39, "steps": 39}
+            for method, t, area, cost, seed in (("attnlrp", tok, 2.0, 1.0, None), ("good", tok - 1, 1.0, 1.5, None),
+                                                ("exact", 0, 3.0, 50.0, None), ("random", 30, 0.0, 0.1, 0),
+                                                ("random", 31, 0.1, 0.1, 1)):
+                rows.append({**base, "method": method, "tokens_to_flip": t, "area_between": area, "seed": seed,
+                             "seconds": 0.01 * cost, "cost_vs_attnlrp": cost})
+    df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
+    return df
+
+
+def test_report_recommendation_and_claim_follow_the_numbers():
+    from contrastlens.study.analyses.faithfulness import (
+        FaithfulnessSettings,
+        claim_check,
+        faithfulness_section,
+        oracle_gaps,
+        recommend,
+        summary_table,
+        timing_table,
+    )
+
+    m = _synthetic_metrics()
+    rec = recommend(m, max_cost=2.0)
+    assert (rec.method, rec.best_any_cost, rec.cases) == ("good", "exact", 10)
+    assert rec.table["method"].tolist() == ["exact", "good", "attnlrp"]  # random is a baseline, never a candidate
+    assert recommend(m, max_cost=100).method == "exact" and recommend(m, max_cost=1.2).method == "attnlrp"
+    assert recommend(m, max_cost=0.5).method is None
+    # a tie in tokens-to-flip is broken by the area between the curves
+    tie = m.copy()
+    tie.loc[tie["method"] == "good", "tokens_to_flip"] = tie.loc[tie["method"] == "attnlrp", "tokens_to_flip"].values
+    assert recommend(tie).method == "attnlrp"
+    s = summary_table(m, n_boot=500)
+    assert s[["model", "benchmark"]].drop_duplicates().values.tolist() == [["all", "all"], ["all", "b1"], ["all", "b2"]]
+    a = s[(s["benchmark"] == "all")].set_index("method")
+    assert a.loc["attnlrp", "tokens_to_flip_mean"] == pytest.approx(8.0)
+    assert a.loc["random", "cases"] == 10 and a.loc["random", "rows"] == 20
+    assert a.loc["random", "tokens_to_flip_mean"] == pytest.approx(30.5)
+    assert a.loc["oracle", "tokens_to_flip_mean"] == 1.0 and a.loc["oracle", "cases"] == 10
+    claim = claim_check(s, tokens=2.0, tolerance=1.0).set_index("benchmark")
+    assert claim.loc["b1", "verdict"] == "holds" and claim.loc["b2", "verdict"] == "does not hold"
+    assert claim.loc["all", "verdict"] == "does not hold" and claim.loc["b1", "mean"] == pytest.approx(2.0)
+    assert claim.loc["b1", "flipped_within_2"] == pytest.approx(0.8)
+    straddle = s[(s["benchmark"] == "all") & (s["method"] == "attnlrp")].assign(
+        tokens_to_flip_mean_low=2.0, tokens_to_flip_mean_high=4.0)
+    assert claim_check(straddle)["verdict"].tolist() == ["inconclusive"]
+    tm = timing_table(m).set_index("method")
+    assert tm.loc["exact", "median_cost"] == 50.0 and tm.loc["good", "median_seconds"] == pytest.approx(0.015)
+    g = oracle_gaps(m).set_index("method")
+    assert g.loc["attnlrp", "mean_gap"] == pytest.approx(7.0) and g.loc["exact", "share_at_oracle"] == 1.0
+    # the same case under a second rule does not count twice
+    twice = pd_concat([m, m.assign(rule="cp-lrp")])
+    assert summary_table(twice, n_boot=200).equals(summary_table(m, n_boot=200))
+    sec = faithfulness_section({"metrics": m}, FaithfulnessSettings(n_boot=500))
+    assert "**Recommended method: good**" in sec.text
+    assert "At any cost, exact is best" in sec.text and "50.00×" in sec.text
+    assert "the claim **does not hold** here" in sec.text and "It does not hold on: b2." in sec.text
+    assert "b1: mean 2.00" in sec.text and "holds" in sec.text
+    assert "attnlrp +7.00" in sec.text
+    assert len(sec.figures) == 1 and sec.figures[0].figure.axes  # no curves table: the flip figure only
+    flip_ax = sec.figures[0].figure.axes[0]
+    shares = {ln.get_label(): ln.get_ydata() for ln in flip_ax.lines if not ln.get_label().startswith("_")}
+    assert shares["exact"][0] == 1.0 and shares["attnlrp"][2] == pytest.approx(0.4)  # 4 of 10 within 2
+    assert shares["oracle"][1] == 1.0 and shares["random"][20] == 0.0
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_curves_figure_plots_the_normalised_means():
+    import pandas as pd
+
+    from contrastlens.study.analyses.faithfulness import curves_figure
+
+    rows = []
+    for case, d0 in (("a", 2.0), ("b", 4.0)):
+        for kind, vals in (("morf", [d0, d0 / 2, -d0]), ("lerf", [d0, d0, d0 * 1.5])):
+            rows += [{"case": case, "method": "x", "kind": kind, "k": k, "logit_diff": v} for k, v in enumerate(vals)]
+    rows.append({"case": "c", "method": "x", "kind": "morf", "k": 0, "logit_diff": 0.0})  # Δℓ_0 = 0: left out
+    fig = curves_figure(pd.DataFrame(rows), x="k")
+    ys = [ln.get_ydata() for ln in fig.axes[0].lines if len(ln.get_ydata()) == 3]
+    np.testing.assert_allclose(ys[0], [1.0, 0.5, -1.0])
+    np.testing.assert_allclose(ys[1], [1.0, 1.0, 1.5])
+    frac = curves_figure(pd.DataFrame(rows), x="fraction")
+    line = [ln for ln in frac.axes[0].lines if len(ln.get_xdata()) == 51][0]
+    assert line.get_ydata()[25] == pytest.approx(0.5) and line.get_xdata()[-1] == 1.0
+
+
+def test_the_analysis_through_a_unit_context(random_lm):
+    from contrastlens.cases.schema import FailureCase
+    from contrastlens.study.analyses.faithfulness import FaithfulnessAnalysis, FaithfulnessSettings
+    from contrastlens.study.base import ModelRef, StudyInfo, UnitContext, get_analysis
+
+    lm = random_lm("llama")
+    ids = lm.encode(PROMPT)
+    t, c = _top2(lm, ids)
+    comp = [t]
+    dl = float(cl.explain(lm, ids, t, c).logit_diff)
+    case = FailureCase(id="f-1", benchmark="b", item_id="1", model_source=lm.source, prompt=PROMPT, prompt_ids=ids,
+                       chat=False, completion=lm.tokenizer.decode(comp), completion_ids=comp, status="localised",
+                       failure_index=0, target_id=t, contrast_id=c, delta_logit=dl, clean=dl > 1, method="manual",
+                       completion_before_err="", provenance=lm.provenance().to_dict())
+    an = get_analysis("faithfulness")
+    assert isinstance(an, FaithfulnessAnalysis) and an.version == 1
+    study = StudyInfo("s", (ModelRef("m", "random:llama"),), {})
+    settings = FaithfulnessSettings(methods=["attnlrp", "ixg", "random"], random_seeds=[0], n_boot=200)
+    assert an.skip(case, study.models[0], study, settings) is None
+    ctx = UnitContext(case=case, lm=lm, model=study.models[0], rule="attnlrp", settings=settings, study=study,
+                      explain=lambda method=None, **o: cl.explain(lm, case, method=method, method_params=o or None))
+    res = an.run(ctx)
+    assert set(res.tables) == {"metrics", "curves"} and (res.tables["metrics"]["benchmark"] == "b").all()
+    assert res.tables["metrics"]["case"].eq("f-1").all() and res.meta["n_tokens"] == len(ids)
+    tables = {k: v.assign(model="m", rule="attnlrp") for k, v in res.tables.items()}
+    sec = an.report(tables, study, settings)
+    assert len(sec.figures) == 2 and sec.tables[0].frame["method"].tolist() == ["attnlrp", "ixg", "random", "oracle"]
+    assert "Recommended method" in sec.text
+    assert "No faithfulness unit" in an.report({}, study, settings).text
+
+
+def test_flip_search_past_the_curve_equals_tokens_to_flip_and_repeats_no_variant(random_lm):
+    lm = random_lm("llama")
+    ids = _ids_with_bos(lm)
+    t, c = _top2(lm, ids)
+    ex = cl.explain(lm, ids, t, c)
+    ref = DeltaForward.from_explanation(lm, ex)
+    methods = {f"r{s}": random_scores(len(ids), s) for s in range(4)} | {"attnlrp": ex.input_relevance}
+    seen = []
+
+    class Recording(DeltaForward):
+        def __call__(self, masks):
+            seen.append(np.asarray(masks, dtype=bool).copy())
+            return super().__call__(masks)
+
+    f = Recording.from_explanation(lm, ex)
+    df = faithfulness(ex, lm, methods=methods, forward=f, steps=2, oracle=False).set_index("method")
+    for name, s in methods.items():
+        flip = tokens_to_flip(ref, s)
+        assert (df.loc[name, "tokens_to_flip"], df.loc[name, "censored"]) == (flip.tokens, flip.censored)
+    assert (df["tokens_to_flip"] > 2).any()  # some searches went past the curve
+    rows = np.vstack(seen)
+    uniq, counts = np.unique(rows, axis=0, return_counts=True)
+    # no curve prefix is run again; the only possible repeat is "every maskable position masked" (the
+    # insertion curve's start, reached again by a search that goes to k = m)
+    assert all(np.array_equal(u, f.maskable) for u in uniq[counts > 1])

@@ -3,6 +3,9 @@ name (``contrastlens.study.base.register_analysis``):
 
 - ``faithfulness``: perturbation metrics of input relevance (tokens to flip, MoRF/LeRF curves and the area
   between them, deletion/insertion AUC, AOPC, a greedy oracle, bootstrap aggregation over cases);
+- ``prompt_debug``: the closed loop of prompt debugging (delete or mask a method's top-k tokens, regenerate,
+  re-score with the benchmark's checker);
+- ``token_weights``: per-token relevance as a Parquet table for token-weighted training;
 - ``segments``: per-segment sums of normalised input relevance (instruction, query, answer);
 - ``cross_size``: the same cases under larger models of the same tokenizer;
 - ``cross_checkpoint``: the same cases along an ordered checkpoint series;
@@ -51,4 +54,11 @@ __all__ = [
 ]
 
 # the study analyses register themselves on import
-from contrastlens.study.analyses import cross_checkpoint, cross_size, segments, taxonomy  # noqa: E402, F401
+from contrastlens.study.analyses import (  # noqa: E402, F401
+    cross_checkpoint,
+    cross_size,
+    prompt_debug,
+    segments,
+    taxonomy,
+    token_weights,
+)

@@ -45,6 +45,19 @@ Aggregation over cases (:func:`summarize`, :func:`summarize_tokens_to_flip`): me
 tokens-to-flip (censored values count as their limit, so the mean is a lower bound) with percentile
 bootstrap confidence intervals (seeded), the shares of cases flipped within 2 and within 5 tokens, the share
 censored and the mean area between the curves, AOPC and AUCs.
+
+The study analysis ``faithfulness`` (:class:`FaithfulnessAnalysis`, settings :class:`FaithfulnessSettings`):
+per unit, :func:`evaluate_case` explains the case with every method (``random`` once per seed), times each
+explanation (``ex.meta["seconds"]``; cost = seconds / one AttnLRP explanation's seconds of the same case)
+and measures all orderings in one :func:`faithfulness_and_curves` call (tables ``metrics``, ``curves``,
+``skipped``); methods that need O(n) forwards are skipped above ``max_positions`` tokens. Per study,
+:func:`faithfulness_section` reports :func:`summary_table` (per benchmark and overall), :func:`timing_table`,
+:func:`oracle_gaps`, :func:`recommend` (criteria: the lowest mean tokens-to-flip on the cases every candidate
+ran on, ties by the larger area between the curves, then the lower cost, among the methods whose median
+cost is at most ``max_cost``; ``random`` is never a candidate) and :func:`claim_check` (the paper's "about 2
+tokens": holds when the upper end of the mean's CI is at most claim_tokens + claim_tolerance, does not hold
+when its lower end is above, else inconclusive), with the figures :func:`curves_figure` and
+:func:`flip_figure`.
 """
 
 from __future__ import annotations
@@ -54,20 +67,24 @@ import itertools
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from contrastlens.errors import InputError
+from contrastlens.study.base import register_analysis
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from contrastlens.attribution.explanation import Explanation
     from contrastlens.models.loaded import LoadedModel
+    from contrastlens.study.base import UnitContext, UnitResult
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
@@ -419,8 +436,12 @@ def tokens_to_flip(forward: MaskedForward, scores: Any, *, maskable: Any = None,
     s = _scores(scores)
     n = s.size
     order = morf_order(s, _maskable(forward, maskable, n))
-    lim = _steps(limit, len(order), "limit")
-    k, block = 0, 8
+    return _flip_search(forward, order, n, _steps(limit, len(order), "limit"))
+
+
+def _flip_search(forward: MaskedForward, order: IndexArray, n: int, lim: int, start: int = 0) -> Flip:
+    """The smallest k in [start, lim] whose top-k mask (of ``order``) gives Δℓ < 0, in growing batches."""
+    k, block = start, 8
     while k <= lim:
         ks = np.arange(k, min(lim, k + block - 1) + 1)
         first = flip_point(evaluate_masks(forward, _prefix_masks(order, n, ks)))
@@ -533,7 +554,7 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
                  masking: str = "zero", neutral_token_id: int | None = None, steps: int | None = None,
                  limit: int | None = None, oracle: bool = True, normalize: bool = True,
                  batch_size: int | None = None, forward: MaskedForward | None = None,
-                 case: str | None = None) -> pd.DataFrame:
+                 case: str | None = None, oracle_limit: int | None = None) -> pd.DataFrame:
     """Every metric of one explained case for several attribution methods: one row per method.
 
     ``methods``: {name: attribution vector [n]} (default: the explanation's own relevance, named by its
@@ -541,12 +562,36 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
     a :class:`DeltaForward` of ``ex`` on ``lm`` with ``masking`` (or ``forward``, any masks -> Δℓ callable;
     then ``lm`` may be None). All curves of all methods run in one batched call (shared variants, e.g. the
     unmasked and the all-masked input, once). ``steps``: K of the curves (default every maskable position);
-    ``limit``: the censoring limit of tokens-to-flip and of the oracle (default every maskable position).
+    ``limit``: the censoring limit of tokens-to-flip and of the oracle (default every maskable position);
+    ``oracle_limit``: the oracle's own limit (default ``limit``; the greedy oracle costs up to
+    limit × m variants).
 
     Columns: ``case``, ``method``, ``n_tokens``, ``n_maskable``, ``masking``, ``logit_diff`` (Δℓ_0 as the
     forward computes it), ``tokens_to_flip``, ``censored``, ``limit``, ``steps``, ``area_between``,
     ``aopc``, ``deletion_auc``, ``insertion_auc`` and, with ``oracle``, ``oracle_tokens_to_flip``,
-    ``oracle_censored`` (the same for every method of the case).
+    ``oracle_censored`` (the same for every method of the case). :func:`faithfulness_and_curves` also
+    returns the curves.
+    """
+    return faithfulness_and_curves(ex, lm, methods=methods, masking=masking, neutral_token_id=neutral_token_id,
+                                   steps=steps, limit=limit, oracle=oracle, normalize=normalize,
+                                   batch_size=batch_size, forward=forward, case=case, oracle_limit=oracle_limit)[0]
+
+
+CURVE_KINDS = ("morf", "lerf", "insertion")
+
+
+def faithfulness_and_curves(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[str, Any] | None = None,
+                            masking: str = "zero", neutral_token_id: int | None = None, steps: int | None = None,
+                            limit: int | None = None, oracle: bool = True, normalize: bool = True,
+                            batch_size: int | None = None, forward: MaskedForward | None = None,
+                            case: str | None = None, oracle_limit: int | None = None
+                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`faithfulness` and the curves it computed, from the same batched call: ``(metrics, curves)``.
+
+    ``curves`` is in long format, one row per point: ``case``, ``method``, ``kind`` (``morf``: Δℓ_k after
+    masking the top-k; ``lerf``: after masking the bottom-k; ``insertion``: with every maskable position
+    masked except the top-k), ``k`` (0 … K) and ``logit_diff`` (Δℓ_k). With ``oracle``, the greedy
+    oracle's curve (Δℓ after each of its steps) follows as method ``oracle``, kind ``morf``.
     """
     import pandas as pd
 
@@ -566,6 +611,7 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
     m = int(mk.sum())
     k = _steps(steps, m)
     lim = _steps(limit, m, "limit")
+    orc_lim = lim if oracle_limit is None else _steps(oracle_limit, m, "oracle_limit")
     orders = {name: morf_order(_scores(s, n), mk) for name, s in methods.items()}
     blocks = []
     for order in orders.values():
@@ -573,16 +619,18 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
                    _insertion_masks(order, mk, k)]
     vals = evaluate_masks(forward, np.vstack(blocks + [np.zeros((1, n), dtype=bool)]))
     d0 = float(vals[-1])
-    orc = greedy_oracle(forward, mk, limit=lim) if oracle else None
+    orc = greedy_oracle(forward, mk, limit=orc_lim) if oracle else None
     label = case or _case_label(ex)
     rows = []
     for i, name in enumerate(orders):
         morf, lerf, ins = (vals[(3 * i + j) * (k + 1) : (3 * i + j + 1) * (k + 1)] for j in range(3))
-        if lim <= k:
-            first = flip_point(morf[: lim + 1])
-            flip = Flip(lim, True) if first is None else Flip(first, False)
-        else:
-            flip = tokens_to_flip(forward, methods[name], maskable=mk, limit=lim)
+        first = flip_point(morf[: min(lim, k) + 1])
+        if first is not None:
+            flip = Flip(first, False)
+        elif lim <= k:
+            flip = Flip(lim, True)
+        else:  # not flipped within the curve: search on from K + 1 (the curve's prefixes are not run again)
+            flip = _flip_search(forward, orders[name], n, lim, start=k + 1)
         row: dict[str, Any] = {
             "case": label, "method": name, "n_tokens": n, "n_maskable": m,
             "masking": getattr(forward, "masking", "custom"), "logit_diff": d0,
@@ -593,7 +641,21 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
         if orc is not None:
             row["oracle_tokens_to_flip"], row["oracle_censored"] = orc.tokens, orc.censored
         rows.append(row)
-    return pd.DataFrame(rows)
+    names = list(orders)
+    n_pts = k + 1
+    cv = pd.DataFrame({
+        "case": label,
+        "method": np.repeat(np.asarray(names, dtype=object), len(CURVE_KINDS) * n_pts),
+        "kind": np.tile(np.repeat(np.asarray(CURVE_KINDS, dtype=object), n_pts), len(names)),
+        "k": np.tile(np.arange(n_pts, dtype=np.int64), len(names) * len(CURVE_KINDS)),
+        "logit_diff": vals[: len(names) * len(CURVE_KINDS) * n_pts],
+    })
+    if orc is not None:
+        oc = pd.DataFrame({"case": label, "method": "oracle", "kind": "morf",
+                           "k": np.arange(len(orc.curve), dtype=np.int64),
+                           "logit_diff": np.asarray(orc.curve, dtype=np.float64)})
+        cv = pd.concat([cv, oc], ignore_index=True)
+    return pd.DataFrame(rows), cv
 
 
 # ------------------------------------------------------------------------------- aggregation over cases
@@ -673,10 +735,629 @@ def summarize(table: pd.DataFrame, *, n_boot: int = 2000, level: float = 0.95, s
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------- the study analysis
+#: the methods compared by default (``random`` runs once per seed of ``random_seeds``)
+DEFAULT_METHODS = ("attnlrp", "cp-lrp", "ixg", "ig", "occlusion", "lrp-occlusion", "random")
+#: baselines: reported, never recommended
+BASELINE_METHODS = ("random",)
+CURVE_XS = ("k", "fraction")
+
+
+@dataclass
+class FaithfulnessSettings:
+    """Settings of the ``faithfulness`` study analysis (``[analyses.faithfulness]``).
+
+    Per case: ``methods`` (attribution methods of ``explain(method=...)``; ``random`` once per seed of
+    ``random_seeds``, reported as one method), ``method_options`` ({method: {option: value}}, e.g.
+    ``{"ig": {"steps": 32}}``), ``masking`` (``zero``, ``neutral`` with ``neutral_token``, ``mean``),
+    ``steps`` / ``limit`` (K of the curves and the censoring limit of tokens-to-flip; None: every maskable
+    position), ``oracle`` with ``oracle_limit`` (its censoring limit; it costs up to limit × m variants) and
+    ``oracle_max_positions`` (no oracle above this many maskable positions). Inputs longer than
+    ``max_positions`` tokens skip the ``expensive`` methods (O(n) forwards each) and cap ``steps`` at
+    ``long_steps`` and ``limit`` at ``long_limit``. ``batch_size``: variants per forward (None: automatic).
+
+    Report only: ``max_cost`` (the most a recommended method may cost, as a multiple of one AttnLRP
+    explanation, median over cases), ``claim_tokens`` / ``claim_tolerance`` (the paper's claim "about 2
+    tokens flip the prediction" holds where the upper bound of the mean's CI is at most claim_tokens +
+    claim_tolerance), ``curve_x`` (``k`` or ``fraction`` on the curves' x axis), ``n_boot``, ``level`` and
+    ``seed`` of the bootstrap CIs.
+    """
+
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    masking: str = "zero"
+    neutral_token: str | None = None
+    steps: int | None = None
+    limit: int | None = None
+    oracle: bool = True
+    oracle_limit: int | None = 10
+    oracle_max_positions: int = 2048
+    max_positions: int = 4096
+    expensive: list[str] = field(default_factory=lambda: ["occlusion", "ig"])
+    long_steps: int = 16
+    long_limit: int = 64
+    batch_size: int | None = None
+    max_cost: float = 2.0
+    claim_tokens: float = 2.0
+    claim_tolerance: float = 1.0
+    curve_x: str = "k"
+    n_boot: int = 2000
+    level: float = 0.95
+    seed: int = 0
+
+
+def _canonical_method(name: Any, key: str) -> str:
+    from contrastlens.attribution.methods import get_method
+    from contrastlens.errors import ContrastLensError
+
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{key}: a method name must be a non-empty string, not {name!r}")
+    try:
+        return get_method(name).name
+    except ContrastLensError as e:
+        raise InputError(f"{key}: {e}") from None
+
+
+def _optional_count(value: Any, key: str, *, zero: bool = True) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < (0 if zero else 1):
+        raise InputError(f"{key} must be a {'non-negative' if zero else 'positive'} integer or unset, got {value!r}")
+
+
+def check_settings(s: FaithfulnessSettings) -> list[str]:
+    """Validate ``s`` (an :class:`InputError` naming the key); returns the canonical method names, in order
+    and without repeats."""
+    if isinstance(s.methods, str) or not isinstance(s.methods, Sequence) or not s.methods:
+        raise InputError(f"methods must be a non-empty list of method names, got {s.methods!r}")
+    names = list(dict.fromkeys(_canonical_method(m, "methods") for m in s.methods))
+    if not isinstance(s.method_options, Mapping):
+        raise InputError(f"method_options must be a table {{method: {{option: value}}}}, got {s.method_options!r}")
+    for m, o in s.method_options.items():
+        c = _canonical_method(m, "method_options")
+        if c not in names and c != "attnlrp":
+            raise InputError(f"method_options.{m}: {c} is not one of the methods ({', '.join(names)})")
+        if not isinstance(o, Mapping):
+            raise InputError(f"method_options.{m} must be a table of options, got {o!r}")
+        if c == "random" and "seed" in o:
+            raise InputError("method_options.random.seed: give the seeds as random_seeds")
+    if "random" in names:
+        seeds = s.random_seeds
+        if (isinstance(seeds, str) or not isinstance(seeds, Sequence) or not seeds
+                or any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in seeds)):
+            raise InputError(f"random_seeds must be a non-empty list of integers, got {seeds!r}")
+    if s.masking not in MASKINGS:
+        raise InputError(f"masking must be one of {', '.join(MASKINGS)}, not {s.masking!r}")
+    if (s.masking == "neutral") != (s.neutral_token is not None):
+        raise InputError("masking = 'neutral' needs neutral_token (and neutral_token needs masking = 'neutral')")
+    for key in ("steps", "limit", "oracle_limit"):
+        _optional_count(getattr(s, key), key)
+    for key in ("oracle_max_positions", "max_positions", "long_steps", "long_limit"):
+        _optional_count(getattr(s, key), key, zero=False)
+        if getattr(s, key) is None:
+            raise InputError(f"{key} must be a positive integer")
+    _optional_count(s.batch_size, "batch_size", zero=False)
+    if isinstance(s.expensive, str) or not isinstance(s.expensive, Sequence):
+        raise InputError(f"expensive must be a list of method names, got {s.expensive!r}")
+    for m in s.expensive:
+        _canonical_method(m, "expensive")
+    if s.curve_x not in CURVE_XS:
+        raise InputError(f"curve_x must be one of {', '.join(CURVE_XS)}, not {s.curve_x!r}")
+    if not (isinstance(s.max_cost, int | float) and s.max_cost > 0):
+        raise InputError(f"max_cost must be a positive number, got {s.max_cost!r}")
+    return names
+
+
+def _seconds(ex: Explanation, wall: float) -> float:
+    """The method's own time (``ex.meta["seconds"]``, stable when ``explain`` is memoised), else ``wall``."""
+    v = ex.meta.get("seconds")
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float(wall)
+
+
+class CaseEvaluation(NamedTuple):
+    """What :func:`evaluate_case` returns: the ``metrics`` table (one row per method and random seed), the
+    ``curves`` (long format, see :func:`faithfulness_and_curves`), ``skipped`` (method, reason) rows and
+    ``meta`` (JSON-able: timings, variants, the attribution spec hashes)."""
+
+    metrics: pd.DataFrame
+    curves: pd.DataFrame
+    skipped: pd.DataFrame
+    meta: dict[str, Any]
+
+
+def evaluate_case(lm: LoadedModel, explain: Callable[..., Explanation], settings: FaithfulnessSettings | None = None,
+                  *, case: str | None = None) -> CaseEvaluation:
+    """Explain one case with every method of ``settings`` and measure all of them in one batched call.
+
+    ``explain(method=NAME, **options)`` explains the case (a :class:`~contrastlens.study.base.UnitContext`'s
+    ``explain``, or e.g. ``lambda method, **o: cl.explain(lm, case, method=method, method_params=o)``).
+    One AttnLRP explanation is always made: it fixes the input, target, contrast and position of the masked
+    forward and is the unit of cost (``cost_vs_attnlrp`` = a method's seconds / AttnLRP's seconds, where a
+    method's seconds are ``ex.meta["seconds"]``, the time of the method itself, measured by ``explain``).
+
+    Metrics columns: those of :func:`faithfulness` (``method`` the method's name, ``seed`` the random seed or
+    None) plus ``seconds``, ``wall_seconds`` (``time.perf_counter`` around the call: about 0 when
+    ``explain`` returned a memoised explanation), ``attnlrp_seconds``, ``cost_vs_attnlrp``, ``long_input``.
+    """
+    s = settings or FaithfulnessSettings()
+    names = check_settings(s)
+    opts = {_canonical_method(k, "method_options"): dict(v) for k, v in s.method_options.items()}
+    expensive = {_canonical_method(m, "expensive") for m in s.expensive}
+
+    def timed(method: str, **o: Any) -> tuple[Explanation, float]:
+        t0 = time.perf_counter()
+        ex = explain(method=method, **o)
+        return ex, time.perf_counter() - t0
+
+    ref, ref_wall = timed("attnlrp", **opts.get("attnlrp", {}))
+    ref_s = _seconds(ref, ref_wall)
+    n = ref.n_tokens
+    long_input = n > s.max_positions
+    scores: dict[str, Any] = {}
+    info: dict[str, tuple[str, int | None, float, float]] = {}  # key -> (method, seed, seconds, wall)
+    skipped: list[dict[str, Any]] = []
+    hashes: dict[str, str] = {"attnlrp": ref.spec.hash()}
+    for name in names:
+        if name in expensive and long_input:
+            skipped.append({"method": name, "n_tokens": n,
+                            "reason": f"{n} tokens > max_positions={s.max_positions} ({name} needs O(n) forwards)"})
+            continue
+        runs: list[tuple[str, int | None, dict[str, Any]]]
+        if name == "random":
+            runs = [(f"random#{int(sd)}", int(sd), {**opts.get("random", {}), "seed": int(sd)})
+                    for sd in s.random_seeds]
+        else:
+            runs = [(name, None, opts.get(name, {}))]
+        for key, seed, o in runs:
+            if name == "attnlrp":
+                ex, wall = ref, ref_wall
+            else:
+                ex, wall = timed(name, **o)
+            if list(ex.input_ids) != list(ref.input_ids) or ex.position != ref.position:
+                raise InputError(f"method {name} explained a different input than attnlrp (ids or position differ)")
+            scores[key] = ex.input_relevance
+            info[key] = (name, seed, _seconds(ex, wall), wall)
+            hashes[key] = ex.spec.hash()
+    neutral = lm.token_id(s.neutral_token, what="neutral_token") if s.neutral_token is not None else None
+    forward = DeltaForward.from_explanation(lm, ref, masking=s.masking, neutral_token_id=neutral,
+                                            batch_size=s.batch_size)
+    m = int(forward.maskable.sum())
+    steps, limit = s.steps, s.limit
+    if long_input:
+        steps = s.long_steps if steps is None else min(steps, s.long_steps)
+        limit = s.long_limit if limit is None else min(limit, s.long_limit)
+    oracle = bool(s.oracle)
+    if oracle and m > s.oracle_max_positions:
+        oracle = False
+        skipped.append({"method": "oracle", "n_tokens": n,
+                        "reason": f"{m} maskable positions > oracle_max_positions={s.oracle_max_positions}"})
+    import pandas as pd
+
+    if scores:
+        metrics, curves = faithfulness_and_curves(ref, lm, methods=scores, forward=forward, steps=steps, limit=limit,
+                                                  oracle=oracle, oracle_limit=s.oracle_limit, case=case)
+    else:
+        metrics, curves = pd.DataFrame(), pd.DataFrame()
+    if len(metrics):
+        keys = metrics["method"].tolist()
+        metrics["method"] = [info[k][0] for k in keys]
+        metrics["seed"] = pd.array([info[k][1] for k in keys], dtype="Int64")
+        metrics["seconds"] = [info[k][2] for k in keys]
+        metrics["wall_seconds"] = [info[k][3] for k in keys]
+        metrics["attnlrp_seconds"] = ref_s
+        metrics["cost_vs_attnlrp"] = metrics["seconds"] / ref_s if ref_s > 0 else math.nan
+        metrics["long_input"] = long_input
+        ckeys = curves["method"].tolist()
+        curves["method"] = [info[k][0] if k in info else k for k in ckeys]
+        curves["seed"] = pd.array([info[k][1] if k in info else None for k in ckeys], dtype="Int64")
+    meta = {"n_tokens": n, "n_maskable": m, "steps": steps, "limit": limit, "oracle": oracle,
+            "attnlrp_seconds": ref_s, "variants": forward.n_variants, "forwards": forward.n_forwards,
+            "spec_hashes": hashes, "skipped": {r["method"]: r["reason"] for r in skipped}}
+    return CaseEvaluation(metrics, curves, pd.DataFrame(skipped, columns=["method", "n_tokens", "reason"]), meta)
+
+
+# ------------------------------------------------------------------------------- the report's numbers
+def _unit_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics of every finished unit once: a case evaluated under several rules (units of the same
+    case and model) gives the same rows, so (model, case, method, seed) keeps its first row; ``case``
+    becomes ``model/case`` so that cases of different models stay apart."""
+    df = metrics.copy()
+    if "seed" not in df:
+        df["seed"] = _na()
+    if "model" not in df:
+        df["model"] = "model"
+    if "benchmark" not in df:
+        df["benchmark"] = "all"
+    df["case_key"] = df["model"].astype(str) + "/" + df["case"].astype(str)
+    df = df.drop_duplicates(["case_key", "method", "seed"], keep="first")
+    return df.reset_index(drop=True)
+
+
+def _na() -> Any:
+    import pandas as pd
+
+    return pd.NA
+
+
+def _scopes(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(model, benchmark, rows) of every scope: all, each benchmark, and per model when there are several."""
+    out = [("all", "all", df)]
+    out += [("all", str(b), g) for b, g in df.groupby("benchmark", sort=True)] if df["benchmark"].nunique() > 1 else []
+    if df["model"].nunique() > 1:
+        for mdl, gm in df.groupby("model", sort=False):
+            out.append((str(mdl), "all", gm))
+            if gm["benchmark"].nunique() > 1:
+                out += [(str(mdl), str(b), g) for b, g in gm.groupby("benchmark", sort=True)]
+    return out
+
+
+def summary_table(metrics: pd.DataFrame, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """:func:`summarize` per scope (``model``, ``benchmark``; ``all`` for every case) of a study's metrics
+    table: one row per method and one for the oracle. ``random``'s seeds are pooled (every seed's row of a
+    case counts; ``cases`` is the number of distinct cases, ``rows`` the rows pooled)."""
+    import pandas as pd
+
+    df = _unit_rows(metrics)
+    parts = []
+    for mdl, bench, g in _scopes(df):
+        t = g.assign(case=g["case_key"])
+        out = summarize(t, n_boot=n_boot, level=level, seed=seed)
+        counts = t.groupby("method", sort=False)["case"].nunique()
+        rows = t.groupby("method", sort=False).size()
+        out["rows"] = [int(rows.get(m, counts.get(m, 0))) if m != "oracle" else int(t["case"].nunique())
+                       for m in out["method"]]
+        out["cases"] = [int(counts.get(m, t["case"].nunique())) for m in out["method"]]
+        out.insert(0, "benchmark", bench)
+        out.insert(0, "model", mdl)
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def timing_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Time per method over the study's cases: ``cases``, ``median_seconds``, ``mean_seconds``,
+    ``median_cost`` and ``max_cost`` (cost: seconds / one AttnLRP explanation's seconds, per case) and
+    ``median_tokens`` (input length)."""
+    import pandas as pd
+
+    df = _unit_rows(metrics)
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        rows.append({"method": method, "cases": int(g["case_key"].nunique()),
+                     "median_seconds": float(g["seconds"].median()), "mean_seconds": float(g["seconds"].mean()),
+                     "median_cost": float(g["cost_vs_attnlrp"].median()),
+                     "max_cost": float(g["cost_vs_attnlrp"].max()), "median_tokens": float(g["n_tokens"].median())})
+    return pd.DataFrame(rows)
+
+
+def oracle_gaps(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each method's tokens-to-flip against the greedy oracle's, on the cases where the oracle flipped the
+    sign: ``cases``, ``mean_gap`` and ``median_gap`` (method − oracle; negative where the greedy oracle,
+    a heuristic on a real model, was beaten), ``share_at_oracle`` (method ≤ oracle)."""
+    import pandas as pd
+
+    df = _unit_rows(metrics)
+    if "oracle_tokens_to_flip" not in df:
+        return pd.DataFrame(columns=["method", "cases", "mean_gap", "median_gap", "share_at_oracle"])
+    df = df[df["oracle_tokens_to_flip"].notna() & ~df["oracle_censored"].fillna(True).astype(bool)]
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        gap = g["tokens_to_flip"].astype(float) - g["oracle_tokens_to_flip"].astype(float)
+        rows.append({"method": method, "cases": int(g["case_key"].nunique()), "mean_gap": float(gap.mean()),
+                     "median_gap": float(gap.median()), "share_at_oracle": float((gap <= 0).mean())})
+    return pd.DataFrame(rows, columns=["method", "cases", "mean_gap", "median_gap", "share_at_oracle"])
+
+
+class Recommendation(NamedTuple):
+    """The method the numbers recommend (None: no candidate), the best one at any cost, the comparison
+    ``table`` and the number of shared ``cases`` it is based on."""
+
+    method: str | None
+    best_any_cost: str | None
+    table: pd.DataFrame
+    cases: int
+
+
+def recommend(metrics: pd.DataFrame, *, max_cost: float = 2.0, exclude: Sequence[str] = BASELINE_METHODS
+              ) -> Recommendation:
+    """The recommended method, derived from the numbers.
+
+    Candidates: every method except the baselines (``exclude``). They are compared on the cases every
+    candidate ran on (paired): the mean tokens-to-flip (smaller is better), ties broken by the larger mean
+    area between MoRF and LeRF, then by the lower median cost. The recommendation is the best candidate
+    whose median cost is at most ``max_cost`` AttnLRP explanations; ``best_any_cost`` ignores the cost.
+    ``table``: ``method``, ``cases``, ``tokens_to_flip_mean``, ``area_between_mean``, ``median_cost``,
+    ``affordable``, ``rank`` (1 = best at any cost)."""
+    import pandas as pd
+
+    df = _unit_rows(metrics)
+    df = df[~df["method"].isin(list(exclude))]
+    cols = ["method", "cases", "tokens_to_flip_mean", "area_between_mean", "median_cost", "affordable", "rank"]
+    if df.empty:
+        return Recommendation(None, None, pd.DataFrame(columns=cols), 0)
+    methods = list(dict.fromkeys(df["method"]))
+    per = {m: set(df.loc[df["method"] == m, "case_key"]) for m in methods}
+    common = set.intersection(*per.values())
+    use = df[df["case_key"].isin(common)] if common else df
+    rows = []
+    for m in methods:
+        g = use[use["method"] == m]
+        cost = float(df.loc[df["method"] == m, "cost_vs_attnlrp"].median())
+        rows.append({"method": m, "cases": int(g["case_key"].nunique()),
+                     "tokens_to_flip_mean": float(g["tokens_to_flip"].mean()),
+                     "area_between_mean": float(g["area_between"].mean()), "median_cost": cost,
+                     "affordable": bool(cost <= max_cost)})
+    t = pd.DataFrame(rows)
+    t["_abpc"] = t["area_between_mean"].fillna(-math.inf)
+    t["_cost"] = t["median_cost"].fillna(math.inf)
+    t = t.sort_values(["tokens_to_flip_mean", "_abpc", "_cost"], ascending=[True, False, True], kind="stable")
+    t = t.drop(columns=["_abpc", "_cost"]).reset_index(drop=True)
+    t["rank"] = np.arange(1, len(t) + 1)
+    ok = t[t["affordable"]]
+    return Recommendation(str(ok["method"].iloc[0]) if len(ok) else None, str(t["method"].iloc[0]), t[cols],
+                          len(common))
+
+
+def claim_check(summary: pd.DataFrame, *, method: str = "attnlrp", tokens: float = 2.0,
+                tolerance: float = 1.0) -> pd.DataFrame:
+    """Whether "masking about ``tokens`` top-attributed tokens flips the prediction" holds for ``method``, per
+    scope of a :func:`summary_table`: ``holds`` when the upper end of the mean tokens-to-flip's CI is at most
+    tokens + tolerance, ``does not hold`` when its lower end is above that, else ``inconclusive``. Censored
+    cases count as their limit (the mean is then a lower bound: see ``censored_share``)."""
+    import pandas as pd
+
+    bound = tokens + tolerance
+    s = summary[summary["method"] == method]
+    rows = []
+    for r in s.itertuples(index=False):
+        lo, hi = float(r.tokens_to_flip_mean_low), float(r.tokens_to_flip_mean_high)
+        verdict = "holds" if hi <= bound else "does not hold" if lo > bound else "inconclusive"
+        rows.append({"model": r.model, "benchmark": r.benchmark, "cases": int(r.cases),
+                     "mean": float(r.tokens_to_flip_mean), "mean_low": lo, "mean_high": hi,
+                     "median": float(r.tokens_to_flip_median), "flipped_within_2": float(r.flipped_within_2),
+                     "censored_share": float(r.censored_share), "verdict": verdict})
+    return pd.DataFrame(rows, columns=["model", "benchmark", "cases", "mean", "mean_low", "mean_high", "median",
+                                       "flipped_within_2", "censored_share", "verdict"])
+
+
+# ------------------------------------------------------------------------------- the report's figures
+def curves_figure(curves: pd.DataFrame, *, x: str = "k", max_k: int = 50, methods: Sequence[str] | None = None
+                  ) -> Any:
+    """The mean MoRF (solid) and LeRF (dashed) curves of Δℓ_k / Δℓ_0 per method (a matplotlib
+    :class:`~matplotlib.figure.Figure`, no pyplot). Each curve is normalised by its case's unmasked Δℓ_0
+    (cases with Δℓ_0 = 0 are left out); ``x="k"``: against the number of masked tokens, k ≤ the smallest K
+    of the cases (at most ``max_k``); ``x="fraction"``: against k / K, each curve interpolated on 51
+    points."""
+    from matplotlib.figure import Figure
+
+    if x not in CURVE_XS:
+        raise InputError(f"x must be one of {', '.join(CURVE_XS)}, not {x!r}")
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    df = curves[curves["kind"].isin(["morf", "lerf"]) & (curves["method"] != "oracle")].copy()
+    if "model" not in df:
+        df["model"] = "model"
+    if "seed" not in df:
+        df["seed"] = -1
+    df["seed"] = df["seed"].astype("Float64").fillna(-1)
+    df = df.drop_duplicates(["model", "case", "method", "seed", "kind", "k"])
+    names = list(methods) if methods is not None else list(dict.fromkeys(df["method"]))
+    grid = np.linspace(0, 1, 51)
+    colours = [f"C{i % 10}" for i in range(len(names))]
+    for name, colour in zip(names, colours, strict=True):
+        g = df[df["method"] == name]
+        for kind, style in (("morf", "-"), ("lerf", "--")):
+            ys = []
+            for _, c in g[g["kind"] == kind].groupby(["model", "case", "seed"], sort=False):
+                c = c.sort_values("k")
+                v = c["logit_diff"].to_numpy(dtype=np.float64)
+                if v.size < 2 or v[0] == 0 or not np.isfinite(v[0]):
+                    continue
+                ys.append(v / v[0])
+            if not ys:
+                continue
+            xs: np.ndarray
+            if x == "k":
+                kk = min(max_k, min(len(y) for y in ys) - 1)
+                xs, mean = np.arange(kk + 1, dtype=np.float64), np.mean([y[: kk + 1] for y in ys], axis=0)
+            else:
+                xs = grid
+                mean = np.mean([np.interp(grid, np.linspace(0, 1, len(y)), y) for y in ys], axis=0)
+            ax.plot(xs, mean, style, color=colour, label=f"{name} {kind.upper()}" if kind == "morf" else None)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("tokens masked (k)" if x == "k" else "fraction of the curve's steps masked (k / K)")
+    ax.set_ylabel("Δℓ_k / Δℓ_0 (mean over cases)")
+    ax.set_title("MoRF (solid) and LeRF (dashed): mean normalised Δℓ")
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def flip_figure(metrics: pd.DataFrame, *, max_k: int = 20) -> Any:
+    """The share of cases flipped within k tokens against k (0 … max_k) per method and for the oracle
+    (censored cases never count as flipped), a matplotlib Figure."""
+    from matplotlib.figure import Figure
+
+    df = _unit_rows(metrics)
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ks = np.arange(max_k + 1)
+    series: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for method, g in df.groupby("method", sort=False):
+        series.append((str(method), g["tokens_to_flip"].to_numpy(float), g["censored"].to_numpy(bool)))
+    if "oracle_tokens_to_flip" in df:
+        o = df.drop_duplicates("case_key")
+        o = o[o["oracle_tokens_to_flip"].notna()]
+        if len(o):
+            series.append(("oracle", o["oracle_tokens_to_flip"].to_numpy(float),
+                           o["oracle_censored"].fillna(True).to_numpy(bool)))
+    for i, (name, t, c) in enumerate(series):
+        share = [(~c & (t <= k)).mean() for k in ks]
+        ax.step(ks, share, where="post", color="black" if name == "oracle" else f"C{i % 10}",
+                ls=":" if name == "oracle" else "-", label=name)
+    for k in (2, 5):
+        ax.axvline(k, color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("k (top-attributed tokens masked)")
+    ax.set_ylabel("share of cases flipped within k")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Tokens to flip: cumulative distribution")
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------- the report section
+def _fmt(x: float, d: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}f}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _verdict_phrase(verdict: str) -> str:
+    return "is **inconclusive**" if verdict == "inconclusive" else f"**{verdict}**"
+
+
+def faithfulness_section(tables: Mapping[str, pd.DataFrame], settings: FaithfulnessSettings | None = None) -> Any:
+    """The report :class:`~contrastlens.study.base.Section` from the concatenated ``metrics``, ``curves``
+    and ``skipped`` tables of a study: the summary per scope, time per method, the gaps to the oracle, the
+    recommendation and the "about 2 tokens" verdicts (text computed from the numbers), two figures."""
+    from contrastlens.study.base import Figure as ReportFigure
+    from contrastlens.study.base import Section, Table
+
+    s = settings or FaithfulnessSettings()
+    title = "Faithfulness of input relevance"
+    metrics = tables.get("metrics")
+    if metrics is None or len(metrics) == 0:
+        return Section(title, text="No faithfulness unit has finished yet.")
+    summary = summary_table(metrics, n_boot=s.n_boot, level=s.level, seed=s.seed)
+    timing = timing_table(metrics)
+    gaps = oracle_gaps(metrics)
+    rec = recommend(metrics, max_cost=s.max_cost)
+    present = set(metrics["method"])
+    claim_method = "attnlrp" if "attnlrp" in present else "cp-lrp" if "cp-lrp" in present else None
+    claim = (claim_check(summary, method=claim_method, tokens=s.claim_tokens, tolerance=s.claim_tolerance)
+             if claim_method else None)
+    masking = ", ".join(sorted(set(metrics["masking"].astype(str)))) if "masking" in metrics else s.masking
+    lines = [
+        f"Every case's input positions are masked (embedding: {masking}; special tokens never) in the order "
+        "each method ranks them toward the target; tokens-to-flip is the smallest k with Δℓ < 0 (censored "
+        "at the limit, counted as the limit, so means are lower bounds), MoRF/LeRF curves and the area "
+        f"between them follow the AttnLRP paper. Confidence intervals: {int(s.level * 100)}% percentile "
+        f"bootstrap over cases ({s.n_boot} resamples). The oracle is a greedy search for the smallest "
+        "flipping set (an upper bound on what an ordering achieves when Δℓ is additive; a heuristic "
+        "otherwise).",
+        "",
+    ]
+    if claim is not None and len(claim):
+        allrow = claim[(claim["model"] == "all") & (claim["benchmark"] == "all")].iloc[0]
+        bound = s.claim_tokens + s.claim_tolerance
+        lines.append(
+            f"**\"About {s.claim_tokens:g} tokens\" for {claim_method}:** over {allrow['cases']} cases the mean "
+            f"tokens-to-flip is {_fmt(allrow['mean'])} [{_fmt(allrow['mean_low'])}, {_fmt(allrow['mean_high'])}], "
+            f"the median {_fmt(allrow['median'], 1)}, and {_pct(allrow['flipped_within_2'])} of the cases flip "
+            f"within 2 tokens ({_pct(allrow['censored_share'])} censored): the claim "
+            f"{_verdict_phrase(allrow['verdict'])} here (criterion: the CI's upper end ≤ {bound:g}; it does not "
+            f"hold when the CI's lower end is above {bound:g}).")
+        others = claim[(claim["model"] != "all") | (claim["benchmark"] != "all")]
+        if len(others):
+            parts = [f"{r.benchmark if r.model == 'all' else f'{r.model}/{r.benchmark}'}: mean {_fmt(r.mean)} "
+                     f"[{_fmt(r.mean_low)}, {_fmt(r.mean_high)}], median {_fmt(r.median, 1)}, {r.verdict}"
+                     for r in others.itertuples(index=False)]
+            lines.append("Per scope — " + "; ".join(parts) + ".")
+            failing = [r.benchmark if r.model == "all" else f"{r.model}/{r.benchmark}"
+                       for r in others.itertuples(index=False) if r.verdict == "does not hold"]
+            if failing:
+                lines.append(f"It does not hold on: {', '.join(failing)}.")
+        lines.append("")
+    if rec.method is not None or rec.best_any_cost is not None:
+        t = rec.table.set_index("method")
+        if rec.method is not None:
+            r = t.loc[rec.method]
+            lines.append(
+                f"**Recommended method: {rec.method}** — the lowest mean tokens-to-flip "
+                f"({_fmt(r['tokens_to_flip_mean'])}; area between MoRF and LeRF {_fmt(r['area_between_mean'])}) "
+                f"on the {rec.cases} cases every candidate ran on, among the methods whose median cost is at "
+                f"most {s.max_cost:g}× one AttnLRP explanation (its cost: {_fmt(r['median_cost'])}×).")
+        else:
+            lines.append(f"No candidate method costs at most {s.max_cost:g}× one AttnLRP explanation.")
+        if rec.best_any_cost is not None and rec.best_any_cost != rec.method:
+            b = t.loc[rec.best_any_cost]
+            lines.append(f"At any cost, {rec.best_any_cost} is best (mean tokens-to-flip "
+                         f"{_fmt(b['tokens_to_flip_mean'])}) but costs {_fmt(b['median_cost'])}× one AttnLRP "
+                         "explanation.")
+        lines.append("")
+    if len(gaps):
+        parts = [f"{r.method} +{_fmt(r.mean_gap)} (at the oracle in {_pct(r.share_at_oracle)})"
+                 if r.mean_gap >= 0 else f"{r.method} {_fmt(r.mean_gap)} (at the oracle in {_pct(r.share_at_oracle)})"
+                 for r in gaps.itertuples(index=False)]
+        lines.append(f"**Gap to the oracle** (mean extra tokens to flip, on the {int(gaps['cases'].max())} cases "
+                     "the oracle flipped): " + "; ".join(parts) + ".")
+        lines.append("")
+    skipped = tables.get("skipped")
+    if skipped is not None and len(skipped):
+        cnt = skipped.groupby("method").size()
+        lines.append("Skipped: " + "; ".join(f"{m} on {n} case(s)" for m, n in cnt.items())
+                     + " (long inputs: see the skipped table).")
+    tabs = [Table("Tokens to flip and curve metrics per method (scope: model, benchmark; `all` = every case)",
+                  summary, "{:.3g}"),
+            Table("Time per method (cost: seconds relative to one AttnLRP explanation of the same case)",
+                  timing, "{:.3g}"),
+            Table(f"Recommendation: candidates compared on the {rec.cases} shared cases", rec.table, "{:.3g}")]
+    if claim is not None and len(claim):
+        tabs.append(Table(f"\"About {s.claim_tokens:g} tokens\" for {claim_method}, per scope", claim, "{:.3g}"))
+    if len(gaps):
+        tabs.append(Table("Gap to the greedy oracle (cases where it flipped)", gaps, "{:.3g}"))
+    if skipped is not None and len(skipped):
+        tabs.append(Table("Skipped methods", skipped, "{:.3g}"))
+    figs = [ReportFigure("Share of cases flipped within k tokens (the oracle dotted).", flip_figure(metrics))]
+    curves = tables.get("curves")
+    if curves is not None and len(curves):
+        figs.insert(0, ReportFigure("Mean MoRF (solid) and LeRF (dashed) curves of Δℓ_k / Δℓ_0 per method.",
+                                    curves_figure(curves, x=s.curve_x)))
+    return Section(title, text="\n".join(lines).strip(), tables=tabs, figures=figs)
+
+
+class FaithfulnessAnalysis:
+    """The ``faithfulness`` study analysis: per unit :func:`evaluate_case` (tables ``metrics``, ``curves``
+    and, when a method was skipped, ``skipped``), per study :func:`faithfulness_section`."""
+
+    name: ClassVar[str] = "faithfulness"
+    Settings: ClassVar[type] = FaithfulnessSettings
+    version: ClassVar[int] = 1
+
+    def skip(self, case: Any, model: Any, study: Any, settings: Any) -> str | None:
+        if getattr(case, "status", None) != "localised" or getattr(case, "contrast_id", None) is None:
+            return "the case is not localised (no failure token and contrast to explain)"
+        return None
+
+    def run(self, ctx: UnitContext) -> UnitResult:
+        from contrastlens.study.base import UnitResult
+
+        res = evaluate_case(ctx.lm, ctx.explain, ctx.settings, case=ctx.case.id)
+        tables = {"metrics": res.metrics.assign(benchmark=ctx.case.benchmark),
+                  "curves": res.curves.assign(benchmark=ctx.case.benchmark)}
+        if len(res.skipped):
+            tables["skipped"] = res.skipped.assign(case=ctx.case.id, benchmark=ctx.case.benchmark)
+        return UnitResult(tables=tables, meta=res.meta)
+
+    def report(self, tables: Mapping[str, pd.DataFrame], study: Any, settings: Any) -> Any:
+        return faithfulness_section(tables, settings)
+
+
+register_analysis(FaithfulnessAnalysis)
+
+
 __all__ = [
-    "MASKINGS", "DeltaForward", "Flip", "MaskedForward", "OracleResult", "aopc", "aopc_score", "area_between",
-    "area_between_curves", "auc", "auto_batch_size", "bootstrap_ci", "deletion_auc", "deletion_curve",
-    "evaluate_masks", "exhaustive_flip", "faithfulness", "flip_point", "greedy_oracle", "insertion_auc",
-    "insertion_curve", "lerf_order", "morf_lerf_curves", "morf_order", "random_scores", "summarize",
-    "summarize_tokens_to_flip", "tokens_to_flip",
+    "BASELINE_METHODS", "CURVE_KINDS", "DEFAULT_METHODS", "MASKINGS", "CaseEvaluation", "DeltaForward",
+    "FaithfulnessAnalysis", "FaithfulnessSettings", "Flip", "MaskedForward", "OracleResult", "Recommendation",
+    "aopc", "aopc_score", "area_between", "area_between_curves", "auc", "auto_batch_size", "bootstrap_ci",
+    "check_settings", "claim_check", "curves_figure", "deletion_auc", "deletion_curve", "evaluate_case",
+    "evaluate_masks", "exhaustive_flip", "faithfulness", "faithfulness_and_curves", "faithfulness_section",
+    "flip_figure", "flip_point", "greedy_oracle", "insertion_auc", "insertion_curve", "lerf_order",
+    "morf_lerf_curves", "morf_order", "oracle_gaps", "random_scores", "recommend", "summarize",
+    "summarize_tokens_to_flip", "summary_table", "timing_table", "tokens_to_flip",
 ]
