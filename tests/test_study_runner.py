@@ -329,3 +329,15 @@ def test_an_analysis_runs_only_on_the_models_its_table_names(tmp_path, lms):
     bad = _study(tmp_path / "t", models=models, cases=[{"path": "a.jsonl"}], analyses={"toy": {"models": ["nope"]}})
     with pytest.raises(InputError, match=r"\[analyses.toy\] models: no model named 'nope'"):
         run_study(bad, tmp_path / "out2", progress=False)
+
+
+def test_reports_name_paths_relative_to_the_study_file():
+    import os
+
+    from contrastlens.study.runner import portable_paths
+
+    home = os.path.expanduser("~")
+    got = portable_paths({"a": "/p/proj/out/x", "b": ["/p/proj/studies/c.jsonl", f"{home}/.cache/m", "/etc/x", 3],
+                          "c": "random:llama", "d": {"e": "/p/proj"}}, "/p/proj/studies/deep")
+    assert got == {"a": "../../out/x", "b": ["../c.jsonl", "~/.cache/m", "/etc/x", 3], "c": "random:llama",
+                   "d": {"e": "../.."}}

@@ -977,11 +977,35 @@ def render_study_report(out_dir: str | os.PathLike, *, fmt: str = "html") -> str
     store = Store.open(out_dir)
     study, man = stored_study(store)
     sections = report_sections(store, study)
-    return render_report(sections, title=f"Study {study.name}", provenance=man.get("provenance", {}),
-                         summary=store.read_summary() or {}, fmt=fmt)
+    provenance = portable_paths(man.get("provenance", {}), study.root)
+    summary = portable_paths(store.read_summary() or {}, study.root)
+    return render_report(sections, title=f"Study {study.name}", provenance=provenance, summary=summary, fmt=fmt)
+
+
+def portable_paths(obj: Any, root: str, *, climb: int = 3) -> Any:
+    """``obj`` (plain data) with every absolute path written relative to ``root`` (the study file's folder)
+    when that climbs at most ``climb`` folders, and paths in the home folder as ``~/…``: a report names
+    files the way the study file does, not by where this machine keeps them."""
+    home = os.path.expanduser("~")
+    root = os.path.abspath(root)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(os.sep):
+            if home not in ("", os.sep) and (v == home or v.startswith(home + os.sep)) \
+                    and not (root == home or root.startswith(home + os.sep)):
+                return "~" + v[len(home):]
+            rel = os.path.relpath(v, root)
+            return rel if rel.split(os.sep).count("..") <= climb else v
+        if isinstance(v, Mapping):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(obj)
 
 
 __all__ = ["EXPLAIN_KEYWORDS", "Driver", "Entry", "Group", "ModelWorker", "Outcome", "Plan", "SeriesCheck", "Summary",
-           "execute_in_process", "explain_options", "format_status", "model_identity", "one_line", "plan_study",
+           "execute_in_process", "explain_options", "format_status", "model_identity", "one_line", "plan_study", "portable_paths",
            "render_study_report", "report_sections", "run_study", "stored_study", "study_status",
            "tokenizer_fingerprint", "unit_digest"]
