@@ -287,3 +287,18 @@ def test_a_real_smollm2_ifeval_case(tmp_path):
     back = cl.Explanation.load(ex.save(tmp_path / "case.ctl"))
     assert back.spec == ex.spec and back.segments == ex.segments
     np.testing.assert_array_equal(back.input_relevance, ex.input_relevance)
+
+
+@needs_ft
+def test_leaves_no_hooks_behind_and_attentions_still_work(random_lm):
+    """transformers installs output-capturing hooks on the first ``output_attentions`` call (the stored-
+    attention path, qwen3) and keeps them; the adapter restores the model as it found it."""
+    lm = random_lm("qwen3", attn="eager", seed=3)
+    ids = lm.encode(PROMPT)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+    ex = cl.explain(lm, ids, 11, 17, method="flashtrace")
+    assert ex.meta["attention"] == "stored"
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+    with torch.no_grad():
+        out = lm.model(input_ids=torch.tensor([ids]), output_attentions=True)
+    assert out.attentions is not None and len(out.attentions) == len(lm.model.model.layers)

@@ -155,6 +155,34 @@ def attention_mode(lm: LoadedModel, kind: str, attention: Any) -> bool:
 
 
 @contextlib.contextmanager
+def hooks_restored(model: Any) -> Iterator[None]:
+    """The model's forward hooks as they were, on exit: transformers installs its output-capturing hooks
+    (for ``output_attentions``) on first use and keeps them, marking the model with
+    ``_output_capturing_hooks_installed``; the hooks and the marks added during the call are removed."""
+    mods = list(model.modules())
+    before = [(set(m._forward_hooks), set(m._forward_pre_hooks), m.__dict__.get("_output_capturing_hooks_installed",
+                                                                                 _UNSET)) for m in mods]
+    try:
+        yield
+    finally:
+        for m, (hooks, pre, mark) in zip(mods, before, strict=True):
+            for k in set(m._forward_hooks) - hooks:
+                del m._forward_hooks[k]
+                m._forward_hooks_with_kwargs.pop(k, None)
+                m._forward_hooks_always_called.pop(k, None)
+            for k in set(m._forward_pre_hooks) - pre:
+                del m._forward_pre_hooks[k]
+                m._forward_pre_hooks_with_kwargs.pop(k, None)
+            if mark is _UNSET:
+                m.__dict__.pop("_output_capturing_hooks_installed", None)
+            else:
+                m.__dict__["_output_capturing_hooks_installed"] = mark
+
+
+_UNSET = object()
+
+
+@contextlib.contextmanager
 def eager_attention(model: Any) -> Iterator[None]:
     """The model with eager attention (which returns its weights) for the duration; restored on exit."""
     old = getattr(model.config, "_attn_implementation", None)
@@ -220,6 +248,7 @@ def run_flashtrace(lm: LoadedModel, ids: Sequence[int], start: int, *, hops: int
     k = n - 1 - start
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(hooks_restored(lm.model))
         if not recompute:
             stack.enter_context(eager_attention(lm.model))
         raw = eng.calculate_ifr_multi_hop_both("", None, sink_span=(k, k), thinking_span=(0, k - 1) if k > 0 else None,
