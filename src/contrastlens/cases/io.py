@@ -146,10 +146,11 @@ def scan_jsonl(path: str | os.PathLike, *, what: str = "JSONL file", first_key: 
     return scan
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a file's creation durable (its directory entry); a no-op where directories cannot be opened."""
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the entries of a folder durable (a file's creation or rename in it); a no-op where folders cannot
+    be opened."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -180,7 +181,7 @@ def _append_bytes(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path)
+        fsync_dir(path.parent)
 
 
 def fix_tail(scan: JsonlScan) -> bytes | None:

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contrastlens.cases.io import fsync_dir
 from contrastlens.errors import InputError
 from contrastlens.study.base import UnitKey, UnitResult
 
@@ -79,20 +80,6 @@ def now() -> str:
 
 
 # ---------------------------------------------------------------------------------------- durable writes
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make the entries of a folder durable; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_new(path: Path, data: bytes) -> None:
     """Write a new file (never an existing one) and fsync it."""
     with open(path, "xb") as f:
@@ -448,4 +435,4 @@ class Store:
 
 
 __all__ = ["FORMAT", "MANIFEST", "SUMMARY", "TAG_COLUMNS", "UNIT_FILE", "Store", "atomic_write", "atomic_write_json",
-           "fsync_dir", "tag_table"]
+           "tag_table"]
