@@ -223,7 +223,7 @@ def get_analysis(name: str) -> Analysis:
     """A fresh instance of the analysis registered as ``name``."""
     _load_builtin()
     try:
-        return _ANALYSES[name]()  # type: ignore[no-any-return]
+        return _ANALYSES[name]()
     except KeyError:
         raise InputError(f"unknown analysis {name!r}; known: {', '.join(sorted(_ANALYSES))}") from None
 
