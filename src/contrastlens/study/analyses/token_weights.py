@@ -275,9 +275,7 @@ class TokenWeightsAnalysis:
     version: ClassVar[int] = 1
 
     def skip(self, case: Any, model: Any, study: Any, settings: Any) -> str | None:
-        if getattr(case, "status", None) != "localised" or getattr(case, "contrast_id", None) is None:
-            return "the case is not localised (no failure token and contrast to explain)"
-        return None
+        return None  # every localised case applies (the runner skips unlocalised ones before asking)
 
     def run(self, ctx: UnitContext) -> UnitResult:
         from contrastlens.study.base import UnitResult
