@@ -513,17 +513,26 @@ def test_summaries_over_cases_equal_hand_computed_numbers():
         "tokens_to_flip": [1, 4, 2, 6, 5, 9], "censored": [False, False, False, True, False, True],
         "area_between": [3.0, 1.0, 2.0, 0.0, 1.0, -1.0], "aopc": [1.0] * 6,
         "deletion_auc": [0.1] * 6, "insertion_auc": [0.9] * 6,
-        "oracle_tokens_to_flip": [1, 1, 2, 2, 3, 3], "oracle_censored": [False] * 6,
+        "oracle_tokens_to_flip": [1, 1, 2, 2, 6, 6], "oracle_censored": [False] * 6,
     })
     out = summarize(table, n_boot=300, seed=0).set_index("method")
-    assert out.index.tolist() == ["lrp", "random", "oracle"]
+    assert out.index.tolist() == ["lrp", "random", "oracle", "best found"]
     assert out.loc["lrp", "tokens_to_flip_mean"] == pytest.approx(8 / 3)
     assert out.loc["lrp", "flipped_within_2"] == pytest.approx(2 / 3)
     assert out.loc["random", "flipped_within_5"] == pytest.approx(1 / 3)
     assert out.loc["random", "censored_share"] == pytest.approx(2 / 3)
     assert out.loc["lrp", "mean_area_between"] == pytest.approx(2.0)
-    assert out.loc["oracle", "tokens_to_flip_mean"] == pytest.approx(2.0) and out.loc["oracle", "cases"] == 3
+    assert out.loc["oracle", "tokens_to_flip_mean"] == pytest.approx(3.0) and out.loc["oracle", "cases"] == 3
     assert math.isnan(out.loc["oracle", "mean_area_between"])
+    # the greedy oracle is beaten on case c (lrp flips with 5 < 6): the best found set per case
+    from contrastlens.study.analyses.faithfulness import best_found
+
+    best = best_found(table).set_index("case")
+    assert best["tokens_to_flip"].tolist() == [1, 2, 5] and best.loc["c", "by"] == "lrp"
+    assert best.loc["a", "by"] == "oracle" and not best["censored"].any()
+    assert out.loc["best found", "tokens_to_flip_mean"] == pytest.approx(8 / 3)
+    censored = table.assign(oracle_censored=[True] * 6, oracle_tokens_to_flip=[10] * 6)
+    assert best_found(censored)["tokens_to_flip"].tolist() == [1, 2, 5]
     assert summarize(table, n_boot=300, seed=0).equals(summarize(table, n_boot=300, seed=0))
 
 
@@ -739,7 +748,7 @@ def test_the_analysis_through_a_unit_context(random_lm):
                        failure_index=0, target_id=t, contrast_id=c, delta_logit=dl, clean=dl > 1, method="manual",
                        completion_before_err="", provenance=lm.provenance().to_dict())
     an = get_analysis("faithfulness")
-    assert isinstance(an, FaithfulnessAnalysis) and an.version == 1
+    assert isinstance(an, FaithfulnessAnalysis) and an.version == 2
     study = StudyInfo("s", (ModelRef("m", "random:llama"),), {})
     settings = FaithfulnessSettings(methods=["attnlrp", "ixg", "random"], random_seeds=[0], n_boot=200)
     assert an.skip(case, study.models[0], study, settings) is None
@@ -750,7 +759,8 @@ def test_the_analysis_through_a_unit_context(random_lm):
     assert res.tables["metrics"]["case"].eq("f-1").all() and res.meta["n_tokens"] == len(ids)
     tables = {k: v.assign(model="m", rule="attnlrp") for k, v in res.tables.items()}
     sec = an.report(tables, study, settings)
-    assert len(sec.figures) == 2 and sec.tables[0].frame["method"].tolist() == ["attnlrp", "ixg", "random", "oracle"]
+    assert len(sec.figures) == 2 and sec.tables[0].frame["method"].tolist() == ["attnlrp", "ixg", "random", "oracle",
+                                                                                   "best found"]
     assert "Recommended method" in sec.text
     assert "No faithfulness unit" in an.report({}, study, settings).text
 

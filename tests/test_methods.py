@@ -158,8 +158,13 @@ def test_lrp_occlusion_verifies_the_attnlrp_shortlist(random_lm, arch):
     occ = cl.explain(lm, ids, 11, 17, method="occlusion")
     lrp = cl.explain(lm, ids, 11, 17)
     sl = lo.meta["shortlist"]
-    # the shortlist: the k largest |AttnLRP| (no special tokens in this prompt)
-    assert sl == sorted(np.argsort(-np.abs(lrp.input_relevance))[:k].tolist())
+    # the shortlist: the k largest AttnLRP values, the tokens supporting the target most (no special
+    # tokens in this prompt); rank="abs" takes the k largest |AttnLRP|
+    assert sl == sorted(np.argsort(-lrp.input_relevance, kind="stable")[:k].tolist())
+    ab = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
+                    method_params={"k": k, "refine": False, "budget": 100, "rank": "abs"})
+    assert ab.meta["shortlist"] == sorted(np.argsort(-np.abs(lrp.input_relevance), kind="stable")[:k].tolist())
+    assert ab.meta["shortlist"] != sl
     # its values are the occlusion effects, so its ranking is occlusion's
     np.testing.assert_allclose(lo.input_relevance[sl], occ.input_relevance[sl], rtol=1e-4, atol=2e-6)
     assert (np.argsort(-np.abs(lo.input_relevance[sl])) == np.argsort(-np.abs(occ.input_relevance[sl]))).all()
@@ -201,38 +206,72 @@ def test_lrp_occlusion_runs_only_the_suffix_after_the_earliest_shortlisted_posit
     np.testing.assert_allclose(ck.input_relevance, lo.input_relevance, rtol=1e-4, atol=1e-6)
 
 
-def _masked_score(lm, ids, positions):
+def _masked_score(lm, ids, positions, t=11, c=17):
     """Δℓ with the embeddings at ``positions`` set to zero, from the full model."""
     emb = _emb(lm, ids).clone()
     emb[0, list(positions)] = 0.0
     with torch.no_grad():
-        return float(_score(lm, emb)[0])
+        return float(_score(lm, emb, t, c)[0])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist(random_lm, arch):
+@pytest.mark.parametrize(("arch", "target", "contrast"), [("llama", 11, 17), ("qwen3", 11, 17), ("llama", 215, 135),
+                                                          ("qwen2", 304, 86)])
+def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist(random_lm, arch, target, contrast):
     lm = random_lm(arch)
     ids = lm.encode(PROMPT * 2)
-    lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion", method_params={"k": 6, "budget": 1000})
+    lo = cl.explain(lm, ids, target, contrast, method="lrp-occlusion", method_params={"k": 6, "budget": 1000})
     sl, picks, path = lo.meta["shortlist"], lo.meta["greedy"], lo.meta["greedy_scores"]
     assert len(sl) == 6 and picks and len(path) == len(picks) and set(picks) <= set(sl)
     # brute force: each pick lowers Δℓ the most among the shortlisted positions not yet picked
     chosen: list[int] = []
     for t, p in enumerate(picks):
-        trial = {c: _masked_score(lm, ids, chosen + [c]) for c in sl if c not in chosen}
+        trial = {c: _masked_score(lm, ids, chosen + [c], target, contrast) for c in sl if c not in chosen}
         best = min(trial.values())
         assert trial[p] == pytest.approx(best, abs=2e-4), (t, trial)
         assert path[t] == pytest.approx(trial[p], rel=1e-3, abs=2e-4)
         chosen.append(p)
-    # it stops at the first flip (or when the shortlist runs out)
+    # the LRP prefix: the shortlist in AttnLRP order, occluded cumulatively
+    lrp = cl.explain(lm, ids, target, contrast)
+    # AttnLRP's MoRF order over the non-special positions
+    order = [int(i) for i in np.argsort(-lrp.input_relevance, kind="stable") if not lrp.special_mask[i]]
+    prefix = lo.meta["prefix_scores"]
+    assert 1 <= len(prefix) <= 6
+    for m, v in enumerate(prefix):
+        assert v == pytest.approx(_masked_score(lm, ids, order[: m + 1], target, contrast), rel=1e-3, abs=2e-4), m
+    prefix_flip = next((m + 1 for m, v in enumerate(prefix) if v < 0), None)
+    # the greedy search stops at its first flip, when the shortlist runs out, or at a flipping prefix's size
     assert all(v >= 0 for v in path[:-1])
-    assert lo.meta["flipped"] == (path[-1] < 0)
-    assert path[-1] < 0 or len(picks) == len(sl)
-    # the picks rank first, in pick order, and carry at least their drop of Δℓ
-    top = np.argsort(-lo.input_relevance, kind="stable")[: len(picks)].tolist()
-    assert top == picks
-    drops = -np.diff([lo.logit_diff] + path)
-    assert np.all(lo.input_relevance[picks] >= drops.astype(np.float32) - 1e-6)
+    assert path[-1] < 0 or len(picks) == len(sl) or len(picks) == prefix_flip
+    # the lead: the smaller flipping set (greedy on a tie), ranked first in its order
+    greedy_flip = path[-1] < 0
+    if prefix_flip is not None and (not greedy_flip or prefix_flip < len(picks)):
+        assert lo.meta["lead_from"] == "prefix" and lo.meta["lead"] == order[:prefix_flip]
+    else:
+        assert lo.meta["lead_from"] == "greedy" and lo.meta["lead"] == picks
+    lead = lo.meta["lead"]
+    assert lo.meta["flipped"] == (greedy_flip or prefix_flip is not None)
+    if lo.meta["flipped"]:
+        assert _masked_score(lm, ids, lead, target, contrast) < 0
+    top = np.argsort(-lo.input_relevance, kind="stable")[: len(lead)].tolist()
+    assert top == lead
+    if lo.meta["lead_from"] == "greedy":  # the picks carry at least their drop of Δℓ
+        drops = -np.diff([lo.logit_diff] + path)
+        assert np.all(lo.input_relevance[picks] >= drops.astype(np.float32) - 1e-6)
+
+
+def test_lrp_occlusion_lead_is_the_smaller_flipping_set():
+    from contrastlens.attribution.methods.lrp_occlusion import choose_lead
+
+    order = [7, 3, 9]
+    # greedy flips with 2, the prefix with 3: greedy; drops are the falls of S + const
+    assert choose_lead(2.0, [3, 9], [1.0, -0.5], order, [1.5, 0.2, -0.1]) == ([3, 9], [1.0, 1.5], "greedy", True)
+    # the prefix flips with 2, greedy needs 3: the prefix (a prefix step may raise S: a negative drop)
+    assert choose_lead(2.0, [3, 9, 7], [1.0, 0.5, -0.5], order, [2.5, -0.1, -0.3]) == (
+        [7, 3], [-0.5, 2.6], "prefix", True)
+    # a tie: greedy; greedy does not flip, the prefix does: the prefix; neither: the greedy path
+    assert choose_lead(2.0, [3, 9], [1.0, -0.5], order, [1.5, -0.1])[2] == "greedy"
+    assert choose_lead(2.0, [3], [1.0], order, [1.5, 0.5, -0.1])[2:] == ("prefix", True)
+    assert choose_lead(2.0, [3, 9], [1.0, 0.5], order, [1.5, 0.7]) == ([3, 9], [1.0, 0.5], "greedy", False)
 
 
 def test_lrp_occlusion_stays_within_its_budget_at_any_length(random_lm):
@@ -266,7 +305,7 @@ def test_lrp_occlusion_skips_special_tokens_and_takes_a_rule(random_lm):
     cp = cl.explain(lm, PROMPT, 11, 17, method="lrp-occlusion", rule="cp-lrp", method_params={"k": 3, "budget": 100})
     lrp = cl.explain(lm, PROMPT, 11, 17, rule="cp-lrp")
     assert cp.spec.rule == "cp-lrp"
-    assert cp.meta["shortlist"] == sorted(np.argsort(-np.abs(lrp.input_relevance))[:3].tolist())
+    assert cp.meta["shortlist"] == sorted(np.argsort(-lrp.input_relevance, kind="stable")[:3].tolist())
 
 
 # ---------------------------------------------------------------------------------------------- random

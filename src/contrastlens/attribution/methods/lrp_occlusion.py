@@ -1,34 +1,48 @@
 """``lrp-occlusion``: AttnLRP shortlists, occlusion verifies, a greedy search re-ranks.
 
 1. One LRP explanation (the rule: ``attnlrp`` unless ``rule=`` says otherwise) gives input relevance R.
-2. **Shortlist.** Up to ``k`` non-special positions, taken by decreasing |R|, are occluded, each alone (its
-   embedding replaced by the baseline), in batched forwards that reuse the unchanged prefix: the LRP forward
-   keeps its KV cache, and a batch runs only the suffix from its earliest position (batches are split so
-   that the total suffix work is smallest). Effect e_i = S(x) − S(x without i).
-3. **Greedy refinement** (``refine``): starting from M = {the largest single effect} (the first greedy step,
-   already run by step 2), repeatedly add the shortlisted position
-   whose occlusion together with M lowers S the most (every shortlisted position is a candidate, whatever
-   the sign of its single effect: interactions are the point), one batched forward of the candidates per step, until S(x without M) + const < 0 (the prediction
-   flipped), the candidates run out or the budget does. This catches interactions single occlusion misses
-   (two tokens that each carry the answer alone).
-4. **Relevance.** Greedy picks rank first, in pick order: their value is the drop of S their addition made,
-   raised where needed to the smallest value that keeps that order ahead of every other position; the other
+2. **Shortlist.** Up to ``k`` non-special positions are occluded, each alone (its embedding replaced by
+   the baseline), in batched forwards that reuse the unchanged prefix: the LRP forward keeps its KV cache,
+   and a batch runs only the suffix from its earliest position (batches are split so that the total suffix
+   work is smallest). Effect e_i = S(x) − S(x without i). ``rank="support"`` (default) takes them by
+   decreasing R (the tokens that support the target most: occluding one that supports the contrast only
+   raises S), ``rank="abs"`` by decreasing |R| (verifies both signs).
+3. **Refinement** (``refine``), two searches for a small set M whose occlusion flips the prediction
+   (S(x without M) + const < 0):
+
+   - the **LRP prefix**: the top positions by R (AttnLRP's MoRF order, whether or not shortlisted),
+     occluded cumulatively (prefixes of 2, 3, … up to ``k`` positions while they fit half the budget left,
+     one batched forward); the first prefix that flips is a candidate for M;
+   - the **greedy search**: starting from M = {the largest single effect} (already run by step 2), repeatedly
+     add the shortlisted position whose occlusion together with M lowers S the most (every shortlisted
+     position is a candidate, whatever the sign of its single effect: interactions are the point), one
+     batched forward of the candidates per step, until the prediction flips, the candidates run out, the
+     budget does, or M reaches the size of a flipping LRP prefix.
+
+   The lead is the smaller flipping set (the greedy one on a tie; the LRP prefix when only it flips; the
+   greedy path when neither does). So the ordering flips with no more tokens than AttnLRP's whenever
+   AttnLRP's flips within the prefixes run, and the greedy search catches interactions single occlusion
+   misses (two tokens that each carry the answer alone).
+4. **Relevance.** The lead ranks first, in its order: each value is the drop of S its addition made, raised
+   where needed to the smallest value that keeps that order ahead of every other position; the other
    shortlisted positions carry e_i; the rest carry R scaled by one positive factor that keeps it below the
    shortlist's smallest nonzero |e_i| (order and signs kept).
 
 **Cost.** The work after the LRP explanation is bounded by ``budget`` × n token-steps (n: the explained
 length; one plain forward of the input is n token-steps, about half an AttnLRP explanation on a CPU; every
 batch also counts ``FORWARD_OVERHEAD`` token-steps, the fixed cost of a forward), half for the shortlist and
-the rest for the refinement: the shortlist is admitted in |R| order while its estimated
-suffix work fits (at least one position always is), and the refinement stops before a step that would
-exceed the budget. So the method stays within a fixed multiple of one AttnLRP explanation at any length
+the rest for the refinement: the shortlist is admitted in rank order while its estimated
+suffix work fits (at least one position always is), and the LRP prefix and each greedy step run only when
+they fit what is left. So the method stays within a fixed multiple of one AttnLRP explanation at any length
 (occluding every position is n forwards). ``ex.meta["token_steps"]`` reports the work actually run.
 Without a croppable cache (sliding-window layers) or with ``checkpointing`` each batch recomputes from
 position 0 (the budget then admits fewer rows).
 
-Options: ``k`` (16), ``budget`` (1.5), ``refine`` (True), ``baseline`` (``zero``, ``mean``, ``pad``);
-runtime: ``batch_size`` (16, the most rows per forward). ``meta``: ``shortlist`` (sorted positions),
-``greedy`` (picked positions in order), ``greedy_scores`` (S + const after each pick), ``flipped``,
+Options: ``k`` (16), ``budget`` (1.5), ``refine`` (True), ``rank`` (``support``, ``abs``), ``baseline``
+(``zero``, ``mean``, ``pad``); runtime: ``batch_size`` (16, the most rows per forward). ``meta``:
+``shortlist`` (sorted positions), ``greedy`` (picked positions in order), ``greedy_scores`` (S + const after
+each pick), ``prefix_scores`` (S + const after each LRP prefix, from 1 position), ``lead`` (the positions
+ranked first), ``lead_from`` (``greedy`` or ``prefix``), ``flipped`` (the lead flips the prediction),
 ``lrp_scale``, ``seconds_lrp``, ``seconds_occlusion``, ``prefix_reuse``, ``token_steps``, ``budget_steps``.
 """
 
@@ -56,16 +70,18 @@ from contrastlens.attribution.methods.lrp import lrp_pass
 from contrastlens.attribution.methods.registry import MethodContext, MethodResult, register_method
 from contrastlens.errors import InputError
 
-
-def shortlist(relevance: torch.Tensor, special: list[bool], k: int) -> list[int]:
-    """The ``k`` non-special positions with the largest |relevance| (all positions if every one is
-    special), sorted by position."""
-    return sorted(ranked(relevance, special)[:k])
+RANKS = ("support", "abs")
 
 
-def ranked(relevance: torch.Tensor, special: list[bool]) -> list[int]:
-    """Non-special positions (all if every one is special) by decreasing |relevance|, ties by position."""
-    r = relevance.abs().tolist()
+def shortlist(relevance: torch.Tensor, special: list[bool], k: int, rank: str = "support") -> list[int]:
+    """The first ``k`` positions of :func:`ranked`, sorted by position."""
+    return sorted(ranked(relevance, special, rank)[:k])
+
+
+def ranked(relevance: torch.Tensor, special: list[bool], rank: str = "support") -> list[int]:
+    """Non-special positions (all if every one is special) by decreasing relevance (``rank="support"``) or
+    decreasing |relevance| (``"abs"``), ties by position."""
+    r = (relevance.abs() if rank == "abs" else relevance).tolist()
     candidates = [i for i in range(len(r)) if not special[i]] or list(range(len(r)))
     return sorted(candidates, key=lambda i: (-r[i], i))
 
@@ -97,23 +113,41 @@ def admit(order: list[int], length: int, k: int, budget: float, batch_size: int,
     return sorted(chosen)
 
 
+def choose_lead(start: float, picks: list[int], greedy_path: list[float], lrp_order: list[int],
+                prefix_path: list[float]) -> tuple[list[int], list[float], str, bool]:
+    """The positions to rank first: the greedy picks or the LRP prefix, whichever is the smaller flipping
+    set (the greedy picks on a tie, and when neither flips). ``start``: S + const of the clean input;
+    ``greedy_path`` / ``prefix_path``: S + const after each pick / each prefix length (from 1). Returns
+    (lead, the drop of S each lead position made, "greedy" or "prefix", whether the lead flips)."""
+    greedy_flip = bool(greedy_path) and greedy_path[-1] < 0
+    prefix_flip = next((m + 1 for m, v in enumerate(prefix_path) if v < 0), None)
+    if prefix_flip is not None and (not greedy_flip or prefix_flip < len(picks)):
+        levels = [start, *prefix_path[:prefix_flip]]
+        return lrp_order[:prefix_flip], [levels[m] - levels[m + 1] for m in range(prefix_flip)], "prefix", True
+    levels = [start, *greedy_path]
+    return list(picks), [levels[m] - levels[m + 1] for m in range(len(picks))], "greedy", greedy_flip
+
+
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InputError(f"lrp-occlusion: {name} must be a positive number, got {value!r}")
     return float(value)
 
 
-@register_method("lrp-occlusion", params={"k": 16, "budget": 1.5, "refine": True, "baseline": "zero"},
+@register_method("lrp-occlusion", params={"k": 16, "budget": 1.5, "refine": True, "rank": "support",
+                                          "baseline": "zero"},
                  runtime={"batch_size": 16}, rule="attnlrp",
                  description="AttnLRP shortlists the k most relevant tokens, occlusion verifies them, a greedy "
                              "search re-ranks them (within budget × n token-steps)")
-def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, baseline: str,
+def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, rank: str, baseline: str,
                   batch_size: int) -> MethodResult:
     k = positive_int("lrp-occlusion", "k", k)
     batch_size = positive_int("lrp-occlusion", "batch_size", batch_size)
     budget = _number("budget", budget)
     if not isinstance(refine, bool):
         raise InputError(f"lrp-occlusion: refine must be true or false, got {refine!r}")
+    if rank not in RANKS:
+        raise InputError(f"lrp-occlusion: rank must be one of {', '.join(RANKS)}, got {rank!r}")
     check_baseline("lrp-occlusion", baseline)
     assert ctx.rule is not None
     lm, pos = ctx.lm, ctx.position
@@ -125,7 +159,8 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ba
     t1 = time.perf_counter()
     R = res.input_relevance.detach().float().cpu()
     specials = lm.special_ids()
-    order = ranked(R[:length], [i in specials for i in ctx.ids[:length]])
+    special = [i in specials for i in ctx.ids[:length]]
+    order = ranked(R[:length], special, rank)
     obj = Objective(res.objective, res.u, res.const, res.logits)
     budget_steps = budget * length
     with plain_model(lm, "lrp-occlusion"), torch.no_grad():
@@ -143,17 +178,36 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ba
         used = occ_steps + FORWARD_OVERHEAD * len(groups)
         effects = {i: res.score - scores[i] for i in chosen}
         picks: list[int] = []
-        drops: list[float] = []
         path: list[float] = []
-        flipped = False
+        prefix_path: list[float] = []
+        prefix_flip: int | None = None
+        lrp_order: list[int] = []
         if refine:
+            # the LRP prefix: the shortlist in R order, occluded cumulatively (its first prefix is one
+            # position, whose score step 2 already has)
+            lrp_order = order[:k] if rank == "support" else ranked(R[:length], special, "support")[:k]
+            if lrp_order[0] in scores:
+                prefix_path = [scores[lrp_order[0]] + res.const]
+                rows: list[tuple[int, ...]] = []
+                if prefix_path[0] >= 0:  # prefixes of 2, 3, ... positions while their work fits half the rest
+                    for m in range(2, len(lrp_order) + 1):
+                        trial = [*rows, tuple(lrp_order[:m])]
+                        if used + work([length - min(r) if reuse else length for r in trial],
+                                       batch_size) > used + (budget_steps - used) / 2:
+                            break
+                        rows = trial
+                if rows:
+                    vals, n_steps = masked_scores(lm, x, b, rows, obj, cache, batch_size)
+                    steps += n_steps
+                    used += n_steps + FORWARD_OVERHEAD * -(-len(rows) // batch_size)
+                    prefix_path += [v + res.const for v in vals]
+            prefix_flip = next((m + 1 for m, v in enumerate(prefix_path) if v < 0), None)
             cands = sorted(chosen, key=lambda i: (-effects[i], i))
             # the first greedy step is the single occlusion already run: the largest effect
             picks.append(cands.pop(0))
             cur = scores[picks[0]]
-            drops.append(effects[picks[0]])
             path.append(cur + res.const)
-            while cands and cur + res.const >= 0:
+            while cands and cur + res.const >= 0 and (prefix_flip is None or len(picks) < prefix_flip):
                 first = min(picks) if picks else length
                 est = work([length - min(first, c) if reuse else length for c in cands], batch_size)
                 if used + est > budget_steps:
@@ -163,10 +217,10 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ba
                 used += n_steps + FORWARD_OVERHEAD * -(-len(cands) // batch_size)
                 best = min(range(len(cands)), key=lambda j: (vals[j], j))
                 picks.append(cands.pop(best))
-                drops.append(cur - vals[best])
                 cur = vals[best]
                 path.append(cur + res.const)
-            flipped = bool(path) and path[-1] < 0
+        lead, lead_drops, lead_from, flipped = choose_lead(res.score + res.const, picks, path, lrp_order,
+                                                           prefix_path)
     rest = torch.ones(R.numel(), dtype=torch.bool)
     rest[chosen] = False
     rest[length:] = False
@@ -177,16 +231,17 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ba
         scale = min(1.0, 0.5 * min(nonzero) / top_rest) if nonzero else 0.0
     rel = R * scale
     rel[chosen] = torch.tensor([effects[i] for i in chosen], dtype=torch.float32)
-    if picks:
-        others = [float(rel[i]) for i in range(length) if i not in picks]
+    if lead:
+        others = [float(rel[i]) for i in range(length) if i not in lead]
         floor = max(others) if others else -math.inf
         values = []
-        for d in reversed(drops):  # last pick first: each value just above the next one's
+        for d in reversed(lead_drops):  # last of the lead first: each value just above the next one's
             v = d if d > floor else _above(floor)
             values.append(v)
             floor = v
-        rel[picks] = torch.tensor(values[::-1], dtype=torch.float32)
-    meta = {"shortlist": chosen, "greedy": picks, "greedy_scores": path, "flipped": flipped, "lrp_scale": scale,
+        rel[lead] = torch.tensor(values[::-1], dtype=torch.float32)
+    meta = {"shortlist": chosen, "greedy": picks, "greedy_scores": path, "prefix_scores": prefix_path,
+            "lead": lead, "lead_from": lead_from, "flipped": flipped, "lrp_scale": scale,
             "seconds_lrp": t1 - t0, "seconds_occlusion": time.perf_counter() - t1, "prefix_reuse": reuse,
             "token_steps": steps, "work": used, "budget_steps": budget_steps}
     return MethodResult(rel, res.objective, res.u, res.const, res.score, res.logits, meta=meta)
@@ -200,4 +255,4 @@ def _above(v: float) -> float:
     return float(torch.tensor(v + step, dtype=torch.float32))
 
 
-__all__ = ["FORWARD_OVERHEAD", "admit", "lrp_occlusion", "ranked", "shortlist", "work"]
+__all__ = ["FORWARD_OVERHEAD", "RANKS", "admit", "choose_lead", "lrp_occlusion", "ranked", "shortlist", "work"]
