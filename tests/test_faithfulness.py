@@ -790,3 +790,21 @@ def test_flip_search_past_the_curve_equals_tokens_to_flip_and_repeats_no_variant
     # no curve prefix is run again; the only possible repeat is "every maskable position masked" (the
     # insertion curve's start, reached again by a search that goes to k = m)
     assert all(np.array_equal(u, f.maskable) for u in uniq[counts > 1])
+
+
+def test_report_only_settings_leave_the_unit_digest_alone():
+    from contrastlens.study.analyses.faithfulness import FaithfulnessAnalysis, FaithfulnessSettings
+    from contrastlens.study.runner import unit_digest
+
+    def d(**kw):
+        return unit_digest(case_record={"id": "c"}, model={"source": "m"}, analysis="faithfulness",
+                           settings=FaithfulnessSettings(**kw), attribution={}, rule="attnlrp",
+                           version=FaithfulnessAnalysis.version, report_only=FaithfulnessAnalysis.report_settings)
+
+    base = d()
+    for key, value in (("n_boot", 50), ("level", 0.9), ("seed", 3), ("max_cost", 5.0), ("claim_tokens", 3.0),
+                       ("claim_tolerance", 0.5), ("curve_x", "fraction")):
+        assert d(**{key: value}) == base, key
+    for key, value in (("steps", 4), ("limit", 4), ("masking", "mean"), ("oracle_limit", 2)):
+        assert d(**{key: value}) != base, key
+    assert set(FaithfulnessAnalysis.report_settings) <= set(FaithfulnessSettings.__dataclass_fields__)

@@ -1356,6 +1356,9 @@ class FaithfulnessAnalysis:
     Settings: ClassVar[type] = FaithfulnessSettings
     # 2: lrp-occlusion shortlists the tokens supporting the target and adds the LRP prefix (its results differ)
     version: ClassVar[int] = 2
+    # read by the report only: changing one re-renders the report and re-runs no unit
+    report_settings: ClassVar[tuple[str, ...]] = ("max_cost", "claim_tokens", "claim_tolerance", "curve_x", "n_boot",
+                                                  "level", "seed")
 
     def skip(self, case: Any, model: Any, study: Any, settings: Any) -> str | None:
         return None  # every localised case applies (the runner skips unlocalised ones before asking)
