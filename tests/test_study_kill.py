@@ -142,3 +142,28 @@ def test_sigkilled_study_run_resumes_to_the_uninterrupted_result(tmp_path):
         np.testing.assert_allclose(gtens[k]["relevance"], wtens[k]["relevance"], rtol=1e-5, atol=1e-7)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 0 and summary["counts"]["done"] + summary["counts"]["current"] == UNITS
+
+
+def test_ctrl_c_stops_a_study_run_promptly_and_it_resumes(tmp_path):
+    study = _study(tmp_path / "s")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+           "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(_cmd(study, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and _complete_units(out) < 2:
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.005)
+    assert p.poll() is None, "the run finished before it could be interrupted"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - t0 < 15 and p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    done = _complete_units(out)
+    assert 2 <= done < UNITS and _check_after_kill(out) == 0
+    final = subprocess.run(_cmd(study, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0 and " 0 failed" in final.stdout, final.stderr[-3000:]
+    assert _complete_units(out) == UNITS

@@ -69,8 +69,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from contrastlens.study.runner import run_study
 
-    with logging_redirect_tqdm(loggers=[logging.getLogger("contrastlens")]):
-        summary = run_study(args.study, args.out, ray=args.ray, progress=not args.no_progress, only=args.only)
+    try:
+        with logging_redirect_tqdm(loggers=[logging.getLogger("contrastlens")]):
+            summary = run_study(args.study, args.out, ray=args.ray, progress=not args.no_progress, only=args.only)
+    except KeyboardInterrupt:
+        print("study run interrupted: every finished unit is stored; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     print(summary.table())
     sys.stdout.flush()
     return 0
