@@ -492,3 +492,20 @@ def test_drill_downs_of_an_input_only_method_say_why(random_lm):
                  lambda: edge_dimensions(lm, ex, "emb", "0", -1, 1)):
         with pytest.raises(InputError, match="input relevance only"):
             call()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_fill_vectors_are_the_embeddings_they_name(random_lm, arch):
+    from contrastlens.attribution.baselines import fill_vector
+
+    lm = random_lm(arch)
+    layer = lm.adapter.embedding(lm.model)
+    with torch.no_grad():
+        table = layer(torch.arange(lm.vocab_size)[None])[0].double()  # through the module: scaled for gemma3
+    assert torch.equal(fill_vector(lm, "zero"), torch.zeros(table.shape[1]))
+    torch.testing.assert_close(fill_vector(lm, "mean").double(), table.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fill_vector(lm, "token", token_id=7).double(), table[7])
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        fill_vector(lm, "token", token_id=lm.vocab_size)
+    with pytest.raises(InputError, match="unknown fill"):
+        fill_vector(lm, "noise")

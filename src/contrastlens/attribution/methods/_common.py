@@ -8,11 +8,12 @@ import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from contrastlens.attribution.baselines import fill_vector
 from contrastlens.attribution.explain import _objective_direction
 from contrastlens.attribution.methods.registry import MethodContext
 from contrastlens.errors import ContrastLensError, InputError
@@ -80,27 +81,10 @@ def embed(lm: LoadedModel, ids: Sequence[int]) -> torch.Tensor:
 
 def baseline_embedding(lm: LoadedModel, emb: torch.Tensor, kind: str) -> torch.Tensor:
     """The baseline [n, d] that replaces the embeddings ``emb`` [1, n, d]: ``zero``; ``mean`` (the mean
-    embedding over the vocabulary, at every position); ``pad`` (the pad token's embedding)."""
-    n = emb.shape[1]
-    if kind == "zero":
-        return torch.zeros_like(emb[0])
-    layer = lm.adapter.embedding(lm.model)
-    with torch.no_grad():
-        if kind == "mean":
-            vocab = int(cast(torch.Tensor, layer.weight).shape[0])
-            total = torch.zeros(emb.shape[-1], dtype=torch.float32, device=emb.device)
-            for s in range(0, vocab, 8192):  # through the module (scaled embeddings), never all at once
-                ids = torch.arange(s, min(s + 8192, vocab), device=emb.device)[None]
-                total += layer(ids)[0].float().sum(0)
-            vec = (total / vocab).to(emb.dtype)
-        elif kind == "pad":
-            pad = getattr(lm.tokenizer, "pad_token_id", None)
-            if pad is None:
-                raise InputError("the tokenizer has no pad token; use baseline 'zero' or 'mean'")
-            vec = layer(torch.tensor([[int(pad)]], device=emb.device))[0, 0]
-        else:  # pragma: no cover - checked by the methods
-            raise InputError(f"unknown baseline {kind!r}")
-    return vec.expand(n, -1).clone()
+    embedding over the vocabulary, at every position); ``pad`` (the pad token's embedding); see
+    :func:`contrastlens.attribution.baselines.fill_vector`."""
+    vec = fill_vector(lm, kind, dtype=emb.dtype).to(emb.device)
+    return vec.expand(emb.shape[1], -1).clone()
 
 
 def forward_hidden(lm: LoadedModel, emb: torch.Tensor, *, start: int = 0, cache: Any = None,

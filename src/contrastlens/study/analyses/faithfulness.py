@@ -157,7 +157,7 @@ class DeltaForward:
         head = adapter.head(model)
         with torch.no_grad():
             self._emb = emb_mod(torch.tensor([ids[: self.position + 1]], device=lm.device))  # [1, m, d]
-            self._fill = _fill_vector(emb_mod, masking, neutral_token_id, lm.device).to(self._emb.dtype)
+            self._fill = fill_of(lm, masking, neutral_token_id, self._emb.dtype).to(self._emb.device)
             weight = head.weight
             assert isinstance(weight, torch.Tensor)
             rows = torch.tensor([target_id, contrast_id], device=weight.device)
@@ -224,26 +224,15 @@ class DeltaForward:
                 f"contrast=#{self.contrast_id}, masking={self.masking!r}, batch_size={self.batch_size})")
 
 
-def _fill_vector(emb_mod: torch.nn.Module, masking: str, neutral_token_id: int | None,
-                 device: torch.device) -> torch.Tensor:
-    """The embedding that replaces a masked token: zero, a neutral token's, or the mean row (scaled)."""
-    weight = emb_mod.weight
-    assert isinstance(weight, torch.Tensor)
-    if masking == "zero":
-        return torch.zeros(weight.shape[1], dtype=weight.dtype, device=device)
+def fill_of(lm: LoadedModel, masking: str, neutral_token_id: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """The embedding [d] that replaces a masked token under ``masking`` (``zero``, ``neutral``: the embedding
+    of ``neutral_token_id``, ``mean``: the mean embedding), from
+    :func:`contrastlens.attribution.baselines.fill_vector`."""
+    from contrastlens.attribution.baselines import fill_vector
+
     if masking == "neutral":
-        assert neutral_token_id is not None
-        if not 0 <= neutral_token_id < weight.shape[0]:
-            raise InputError(f"neutral_token_id {neutral_token_id} is outside the vocabulary [0, {weight.shape[0]})")
-        return emb_mod(torch.tensor([neutral_token_id], device=device))[0]
-    total = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
-    for s in range(0, weight.shape[0], 8192):
-        total += weight[s : s + 8192].double().sum(0)
-    scale = getattr(emb_mod, "embed_scale", None)
-    mean = total / weight.shape[0]
-    if scale is not None:
-        mean = mean * torch.as_tensor(scale, dtype=torch.float64, device=mean.device)
-    return mean.to(device)
+        return fill_vector(lm, "token", token_id=neutral_token_id, dtype=dtype)
+    return fill_vector(lm, masking, dtype=dtype)
 
 
 def auto_batch_size(lm: LoadedModel, length: int, *, max_batch: int | None = None) -> int:
@@ -1385,7 +1374,7 @@ __all__ = [
     "FaithfulnessAnalysis", "FaithfulnessSettings", "Flip", "MaskedForward", "OracleResult", "Recommendation",
     "aopc", "aopc_score", "area_between", "area_between_curves", "auc", "auto_batch_size", "bootstrap_ci",
     "check_settings", "claim_check", "curves_figure", "deletion_auc", "deletion_curve", "evaluate_case",
-    "evaluate_masks", "exhaustive_flip", "faithfulness", "faithfulness_and_curves", "faithfulness_section",
+    "evaluate_masks", "exhaustive_flip", "faithfulness", "faithfulness_and_curves", "faithfulness_section", "fill_of",
     "flip_figure", "flip_point", "greedy_oracle", "insertion_auc", "insertion_curve", "lerf_order",
     "morf_lerf_curves", "morf_order", "oracle_gaps", "random_scores", "recommend", "summarize",
     "summarize_tokens_to_flip", "summary_table", "timing_table", "tokens_to_flip",

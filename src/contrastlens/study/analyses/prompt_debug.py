@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from contrastlens.errors import ContrastLensError, InputError
-from contrastlens.study.analyses.faithfulness import MASKINGS, _fill_vector
+from contrastlens.study.analyses.faithfulness import MASKINGS, fill_of
 from contrastlens.study.base import register_analysis
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -260,7 +260,7 @@ def _embeds_forward(lm: LoadedModel, ids: Sequence[int], masked: Sequence[int], 
     emb_mod = lm.adapter.embedding(lm.model)
     x = emb_mod(torch.tensor([list(ids)], device=lm.device))
     if masked:
-        fill = _fill_vector(emb_mod, masking, neutral_token_id, lm.device).to(x.dtype)
+        fill = fill_of(lm, masking, neutral_token_id, x.dtype).to(x.device)
         x[0, torch.tensor(sorted(int(p) for p in masked), device=x.device)] = fill
     kw: dict[str, Any] = {"inputs_embeds": x, "use_cache": use_cache}
     if forward_keywords(lm.model)[1]:
