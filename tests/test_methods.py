@@ -215,7 +215,7 @@ def _masked_score(lm, ids, positions, t=11, c=17):
 
 
 @pytest.mark.parametrize(("arch", "target", "contrast"), [("llama", 11, 17), ("qwen3", 11, 17), ("llama", 215, 135),
-                                                          ("qwen2", 304, 86)])
+                                                          ("qwen2", 304, 86), ("qwen3", 318, 67)])
 def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist(random_lm, arch, target, contrast):
     lm = random_lm(arch)
     ids = lm.encode(PROMPT * 2)
@@ -246,14 +246,19 @@ def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist
     greedy_flip = path[-1] < 0
     if prefix_flip is not None and (not greedy_flip or prefix_flip < len(picks)):
         assert lo.meta["lead_from"] == "prefix" and lo.meta["lead"] == order[:prefix_flip]
-    else:
+    elif greedy_flip:
         assert lo.meta["lead_from"] == "greedy" and lo.meta["lead"] == picks
+    else:
+        assert lo.meta["lead_from"] is None and lo.meta["lead"] == []
     lead = lo.meta["lead"]
     assert lo.meta["flipped"] == (greedy_flip or prefix_flip is not None)
     if lo.meta["flipped"]:
         assert _masked_score(lm, ids, lead, target, contrast) < 0
     top = np.argsort(-lo.input_relevance, kind="stable")[: len(lead)].tolist()
     assert top == lead
+    # behind the lead: AttnLRP's relevance itself (its ranking)
+    rest = [i for i in range(len(ids)) if i not in lead]
+    np.testing.assert_array_equal(lo.input_relevance[rest], lrp.input_relevance[rest])
     if lo.meta["lead_from"] == "greedy":  # the picks carry at least their drop of Δℓ
         drops = -np.diff([lo.logit_diff] + path)
         assert np.all(lo.input_relevance[picks] >= drops.astype(np.float32) - 1e-6)

@@ -23,10 +23,12 @@
    greedy path when neither does). So the ordering flips with no more tokens than AttnLRP's whenever
    AttnLRP's flips within the prefixes run, and the greedy search catches interactions single occlusion
    misses (two tokens that each carry the answer alone).
-4. **Relevance.** The lead ranks first, in its order: each value is the drop of S its addition made, raised
-   where needed to the smallest value that keeps that order ahead of every other position; the other
-   shortlisted positions carry e_i; the rest carry R scaled by one positive factor that keeps it below the
-   shortlist's smallest nonzero |e_i| (order and signs kept).
+4. **Relevance.** With ``refine``: AttnLRP's R, with the lead (when it flips) moved to the front in its
+   order: each lead value is the drop of S its addition made, raised where needed to the smallest value
+   that keeps that order ahead of every other position; when no flipping set was found, R itself (so the
+   ranking is never worse than AttnLRP's there). Without ``refine`` (verification only): the shortlisted
+   positions carry e_i, the rest R scaled by one positive factor that keeps it below the shortlist's
+   smallest nonzero |e_i| (order and signs kept).
 
 **Cost.** The work after the LRP explanation is bounded by ``budget`` × n token-steps (n: the explained
 length; one plain forward of the input is n token-steps, about half an AttnLRP explanation on a CPU; every
@@ -42,7 +44,8 @@ Options: ``k`` (16), ``budget`` (1.5), ``refine`` (True), ``rank`` (``support``,
 (``zero``, ``mean``, ``pad``); runtime: ``batch_size`` (16, the most rows per forward). ``meta``:
 ``shortlist`` (sorted positions), ``greedy`` (picked positions in order), ``greedy_scores`` (S + const after
 each pick), ``prefix_scores`` (S + const after each LRP prefix, from 1 position), ``lead`` (the positions
-ranked first), ``lead_from`` (``greedy`` or ``prefix``), ``flipped`` (the lead flips the prediction),
+ranked first: empty when no flipping set was found), ``lead_from`` (``greedy``, ``prefix`` or None),
+``flipped`` (a flipping set was found), ``effects`` ({position: e_i} of the shortlist),
 ``lrp_scale``, ``seconds_lrp``, ``seconds_occlusion``, ``prefix_reuse``, ``token_steps``, ``budget_steps``.
 """
 
@@ -221,16 +224,23 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ra
                 path.append(cur + res.const)
         lead, lead_drops, lead_from, flipped = choose_lead(res.score + res.const, picks, path, lrp_order,
                                                            prefix_path)
-    rest = torch.ones(R.numel(), dtype=torch.bool)
-    rest[chosen] = False
-    rest[length:] = False
-    nonzero = [abs(v) for v in effects.values() if v != 0.0]
-    top_rest = float(R[rest].abs().max()) if bool(rest.any()) else 0.0
     scale = 1.0
-    if top_rest > 0.0:
-        scale = min(1.0, 0.5 * min(nonzero) / top_rest) if nonzero else 0.0
-    rel = R * scale
-    rel[chosen] = torch.tensor([effects[i] for i in chosen], dtype=torch.float32)
+    if refine:
+        # AttnLRP's ranking, with a verified flipping set (when one was found) moved to the front
+        rel = R.clone()
+        if not flipped:
+            lead = []
+    else:
+        # verification only: the shortlist carries its single effects, the rest R scaled below them
+        rest = torch.ones(R.numel(), dtype=torch.bool)
+        rest[chosen] = False
+        rest[length:] = False
+        nonzero = [abs(v) for v in effects.values() if v != 0.0]
+        top_rest = float(R[rest].abs().max()) if bool(rest.any()) else 0.0
+        if top_rest > 0.0:
+            scale = min(1.0, 0.5 * min(nonzero) / top_rest) if nonzero else 0.0
+        rel = R * scale
+        rel[chosen] = torch.tensor([effects[i] for i in chosen], dtype=torch.float32)
     if lead:
         others = [float(rel[i]) for i in range(length) if i not in lead]
         floor = max(others) if others else -math.inf
@@ -241,7 +251,8 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, budget: float, refine: bool, ra
             floor = v
         rel[lead] = torch.tensor(values[::-1], dtype=torch.float32)
     meta = {"shortlist": chosen, "greedy": picks, "greedy_scores": path, "prefix_scores": prefix_path,
-            "lead": lead, "lead_from": lead_from, "flipped": flipped, "lrp_scale": scale,
+            "lead": lead, "lead_from": lead_from if lead else None, "flipped": flipped, "lrp_scale": scale,
+            "effects": {int(i): float(effects[i]) for i in chosen},
             "seconds_lrp": t1 - t0, "seconds_occlusion": time.perf_counter() - t1, "prefix_reuse": reuse,
             "token_steps": steps, "work": used, "budget_steps": budget_steps}
     return MethodResult(rel, res.objective, res.u, res.const, res.score, res.logits, meta=meta)
