@@ -341,3 +341,29 @@ def test_reports_name_paths_relative_to_the_study_file():
                           "c": "random:llama", "d": {"e": "/p/proj"}}, "/p/proj/studies/deep")
     assert got == {"a": "../../out/x", "b": ["../c.jsonl", "~/.cache/m", "/etc/x", 3], "c": "random:llama",
                    "d": {"e": "../.."}}
+
+
+def test_rule_independent_analyses_plan_one_unit_per_case_and_model(tmp_path, lms):
+    from contrastlens.study.analyses.faithfulness import FaithfulnessAnalysis
+    from contrastlens.study.analyses.prompt_debug import PromptDebugAnalysis
+    from contrastlens.study.config import load_study
+    from contrastlens.study.runner import plan_study
+
+    assert FaithfulnessAnalysis.per_rule is False and PromptDebugAnalysis.per_rule is False
+    root = tmp_path / "s"
+    cases = make_cases(lms["llama"], 3)
+    write_cases(root / "a.jsonl", cases)
+    kw = dict(models=[{"name": "llama", "source": "random:llama"}], cases=[{"path": "a.jsonl"}],
+              analyses={"toy": {}, "faithfulness": {"methods": ["attnlrp", "ixg"]}})
+    one = plan_study(load_study(_study(root, rules=["attnlrp"], **kw)), Store.for_run(tmp_path / "o1", "toy-study"))
+    two = plan_study(load_study(_study(root, rules=["attnlrp", "cp-lrp"], **kw)),
+                     Store.for_run(tmp_path / "o2", "toy-study"))
+
+    def units(plan, analysis):
+        return sorted((e.key.rule, e.key.case, e.key.digest) for e in plan.entries.values()
+                      if e.key.analysis == analysis)
+
+    assert len(units(two, "toy")) == 2 * len(units(one, "toy")) == 6  # per rule
+    # faithfulness: once per case and model, under the first rule, with the same digest as a one-rule study
+    assert units(two, "faithfulness") == units(one, "faithfulness") and len(units(one, "faithfulness")) == 3
+    assert {r for r, _, _ in units(two, "faithfulness")} == {"attnlrp"}

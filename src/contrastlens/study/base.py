@@ -12,6 +12,8 @@ An **analysis** is a class registered with :func:`register_analysis`:
 - ``Settings``: a dataclass of its settings, every field with a default (validated from the study file);
 - ``report_settings`` (optional): names of settings only its report reads; they are left out of the unit
   digest, so changing one re-runs no unit;
+- ``per_rule`` (optional, default True): False when a unit does not depend on the rule (e.g. it compares
+  attribution methods it names itself); its units then run once, under the study's first rule;
 - ``skip(case, model, study, settings)``: why the unit does not apply (``None`` when it does), e.g.
   cross-checkpoint skips models outside its series;
 - ``run(ctx)``: the unit's work, from a :class:`UnitContext` (the case, the loaded model, the settings and a

@@ -2,7 +2,8 @@
 
 **Plan.** Every ``[[cases]]`` table is read (a file that cannot be read is listed in the summary and the run
 goes on without it; ``ids`` and ``limit`` filter it). A unit is (case, model, analysis, rule) for every case
-under every model of its table, every analysis and every ``[attribution] rules`` entry. Its digest
+under every model of its table, every analysis and every ``[attribution] rules`` entry (only the first
+for an analysis whose class sets ``per_rule = False``: its units do not depend on the rule). Its digest
 (:func:`unit_digest`) covers the case record (its whole JSON), the model (its study entry; for a folder the
 weight fingerprint instead of the path, for a ``.gguf`` file its sha256), the analysis name, its settings,
 its class attribute ``version`` (default 1), the attribution settings, the rule and the study seed. So
@@ -478,7 +479,8 @@ def plan_study(study: Study, store: Store, *, only: Iterable[str] | None = None)
                     skip = analysis.skip(case, ref, info, settings)
                 except Exception as e:  # noqa: BLE001
                     failed = f"skip() raised {one_line(e)}"
-            for rule in study.rules:
+            # an analysis whose units do not depend on the rule (per_rule = False) runs once, under the first
+            for rule in study.rules if getattr(type(analysis), "per_rule", True) else study.rules[:1]:
                 d = unit_digest(case_record=records[cid], model=identities[mname], analysis=aname,
                                 settings=settings, attribution=attribution, rule=rule, version=version,
                                 seed=study.seed, report_only=getattr(type(analysis), "report_settings", ()))

@@ -1345,6 +1345,8 @@ class FaithfulnessAnalysis:
     Settings: ClassVar[type] = FaithfulnessSettings
     # 2: lrp-occlusion shortlists the tokens supporting the target and adds the LRP prefix (its results differ)
     version: ClassVar[int] = 2
+    # the methods are named in the settings: a unit does not depend on the study's rule
+    per_rule: ClassVar[bool] = False
     # read by the report only: changing one re-renders the report and re-runs no unit
     report_settings: ClassVar[tuple[str, ...]] = ("max_cost", "claim_tokens", "claim_tolerance", "curve_x", "n_boot",
                                                   "level", "seed")

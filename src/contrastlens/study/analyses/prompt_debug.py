@@ -627,6 +627,8 @@ class PromptDebugAnalysis:
     name: ClassVar[str] = "prompt_debug"
     Settings: ClassVar[type] = PromptDebugSettings
     version: ClassVar[int] = 1
+    # the methods are named in the settings: a unit does not depend on the study's rule
+    per_rule: ClassVar[bool] = False
 
     def skip(self, case: Any, model: Any, study: Any, settings: Any) -> str | None:
         if getattr(case, "status", None) != "localised" or getattr(case, "failure_index", None) is None:
