@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("graph", "build a cross-layer attribution graph"),
     "collect": ("collect", "collect failure cases from a benchmark"),
     "study": ("study", "run a failure study (resumable, optionally on Ray), show its status, render its report"),
+    "serve": ("serve", "the explorer: inspect failures, heatmaps and graphs in the browser (a local web server)"),
 }
 
 

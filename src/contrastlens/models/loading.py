@@ -219,10 +219,27 @@ def _done(folder: Path) -> bool:
     return (folder / _MARKER).exists()
 
 
+def catalog_cache_folder(entry: CatalogEntry) -> Path:
+    """Where a catalog entry's safetensors conversion lives in the cache (complete once its marker exists)."""
+    return cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
+
+
+def catalog_available(entry: CatalogEntry) -> bool:
+    """Whether a catalog model loads without installing anything: its conversion is complete in the cache,
+    or the package(s) holding its GGUF are importable (it is then converted on first use)."""
+    if _done(catalog_cache_folder(entry)):
+        return True
+    packages = [p for p, _ in entry.parts] or [entry.assemble.split(":")[0] if entry.assemble else entry.package]
+    try:
+        return all(importlib.util.find_spec(p) is not None for p in packages)
+    except (ImportError, ValueError):
+        return False
+
+
 def _catalog_folder(entry: CatalogEntry, *, rebuild: bool = False) -> Path:
     """The catalog entry's safetensors folder in the cache, converted from its GGUF on first use (or again
     with ``rebuild``, after a cached conversion failed to load)."""
-    done = cache_dir() / "models" / f"{entry.alias}-{entry.sha256[:12]}"
+    done = catalog_cache_folder(entry)
     if _done(done) and not rebuild:
         return done
     with _entry_lock(done):
