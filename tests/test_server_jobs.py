@@ -321,3 +321,50 @@ def test_concurrent_clients_get_their_own_results(client):
         assert [t["id"] for t in lg["top"]] == [t["id"] for t in top_logits(lm, prompts[k], k=3)]
         keys.add(d["key"])
     assert len(keys) == len(prompts)
+
+
+def test_a_request_never_waits_for_a_running_job(client, monkeypatch):
+    """While a graph job holds the worker, explain requests are accepted at once (queued, prepared when they
+    start): a good one then equals a direct explanation, a bad one fails with the same 4xx error object a
+    free worker would have answered with."""
+    from contrastlens.graph import build
+    from tests.conftest import _random_lm
+
+    real = build.attribution_graph
+    started, go = threading.Event(), threading.Event()
+
+    def gated(*a, progress=None, **kw):
+        started.set()
+        assert go.wait(60)
+        return real(*a, progress=progress, **kw)
+
+    monkeypatch.setattr(build, "attribution_graph", gated)
+    body = {"model": LLAMA, "input": {"prompt": PROMPT}, "target": {"id": 33}, "contrast": {"id": 17}}
+    graph = client.post("/api/graph", json=body).json()["job"]
+    assert started.wait(30)
+    try:
+        t0 = time.monotonic()
+        good = client.post("/api/explain", json={"model": LLAMA, "input": {"prompt": PROMPT + " Rome"},
+                                                 "target": {"id": 12}, "contrast": {"id": 44}})
+        bad = client.post("/api/explain", json={"model": LLAMA, "input": {"prompt": PROMPT},
+                                                "target": {"text": "not one token at all"}})
+        unknown = client.post("/api/explain", json={"model": "random:nope", "input": {"prompt": PROMPT}})
+        assert time.monotonic() - t0 < 5
+        assert good.status_code == bad.status_code == 202
+        assert good.json()["status"] == "queued" and client.get(f"/api/jobs/{good.json()['job']}").json()["key"] is None
+        assert unknown.status_code == 404  # an unknown model is refused at once, busy or not
+    finally:
+        go.set()
+    assert _wait(client, graph)["status"] == "done"
+    j = _wait(client, good.json()["job"])
+    assert j["status"] == "done" and j["key"]
+    res = client.get(f"/api/jobs/{j['job']}/result").json()
+    ex = cl.explain(_random_lm("llama"), PROMPT + " Rome", 12, 44)
+    np.testing.assert_allclose(res["input_relevance"], ex.input_relevance, rtol=1e-5, atol=1e-6)
+    fb = _wait(client, bad.json()["job"])
+    assert fb["status"] == "failed" and fb["error"]["status"] == 400 and fb["error"]["code"] == "bad_request"
+    assert "token" in fb["error"]["message"]
+    # the same good request again, with the worker free: a cached job, done at once
+    again = client.post("/api/explain", json={"model": LLAMA, "input": {"prompt": PROMPT + " Rome"},
+                                              "target": {"id": 12}, "contrast": {"id": 44}}).json()
+    assert again["cached"] and again["status"] == "done"

@@ -280,3 +280,29 @@ def test_exports_carry_the_view(graphs, ex):
     emb = [x for x in npd["nodes"] if x["layer"] == "E"]
     assert emb and all(x["node_id"] == f"E_{ex.input_ids[x['ctx_idx']]}_{x['ctx_idx']}" for x in emb)
     assert len(npd["links"]) == v.num_edges + 1  # + the final node -> logit link
+
+
+def test_a_12k_token_payload_at_the_edge_cap_stays_under_20_mb():
+    """The worst case the server can send at 12288 tokens: SmolLM2's 61 node layers, every transition filled
+    to its share of the default max_edges cap, tokens of 8 characters. The payload size is bounded by the cap
+    whatever the model, so this is the bound of the issue's 20 MB target (measured on a real graph only with a
+    GPU: building a 12k-token graph takes hours on a CPU)."""
+    from contrastlens.server.settings import ServerSettings
+
+    n, max_edges = 12288, ServerSettings().max_edges
+    layers = ["emb"] + [x for b in range(30) for x in (f"{b}.mid", str(b))]
+    rng = np.random.default_rng(0)
+    rel = {k: rng.standard_normal(n).astype(np.float32) for k in layers}
+    per = max_edges // (len(layers) - 1)
+    edges = {}
+    for s, t in zip(layers[:-1], layers[1:], strict=True):
+        j = rng.integers(0, n, per)
+        i = (j * rng.random(per)).astype(np.int64)
+        edges[(s, t)] = Edges(j, i, rng.standard_normal(per).astype(np.float32), {"total_mass": float(per)})
+    g = AttributionGraph(layers, ["▁token_" + str(k % 10) for k in range(n)], rel, edges, 1.0)
+    payload = encode_graph(g, key="k" * 64, model="smollm2-135m-instruct", special=[False] * n, send_p=0.98,
+                           max_edges=max_edges)
+    d = decode_graph(payload)
+    assert sum(len(t) for t in d.transitions) == per * (len(layers) - 1) >= 1_400_000
+    print(f"12k-token payload at the cap: {len(payload) / 1e6:.2f} MB")
+    assert len(payload) < 20e6

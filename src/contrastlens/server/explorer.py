@@ -224,9 +224,21 @@ class Explorer:
 
     # ---------------------------------------------------------------------------------------- jobs
     async def submit(self, kind: str, req: dict[str, Any]) -> Job:
-        """Prepare an explain or graph request on its worker and submit its job."""
-        p = await self.queue.run(req["model"], lambda lm: self.prepare(lm, kind, req))
+        """Prepare an explain or graph request on its worker and submit its job (bad input: a 4xx here). When
+        the worker is busy with another job, the request does not wait for it: the job is queued at once and
+        prepared when it starts (bad input then fails the job with the same error object)."""
+        self.models.resolve(req["model"])  # an unknown or forbidden model id is refused at once
         compute = self._explain if kind == "explain" else self._graph
+        if self.queue.busy(req["model"]):
+            box: dict[str, Prepared] = {}
+
+            def prepare(lm: Any) -> tuple[str, dict[str, Any]]:
+                box["p"] = self.prepare(lm, kind, req)
+                return box["p"].key, {"prepared": box["p"]}
+
+            return self.queue.submit_deferred(kind, req["model"], prepare,
+                                              lambda lm, ctx: compute(lm, box["p"], ctx))
+        p = await self.queue.run(req["model"], lambda lm: self.prepare(lm, kind, req))
         return self.queue.submit(kind, p.model, p.key, lambda lm, ctx: compute(lm, p, ctx), meta={"prepared": p})
 
     def _explain(self, lm: Any, p: Prepared, ctx: JobContext) -> dict[str, Any]:

@@ -92,7 +92,7 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.id, "kind": self.kind, "status": self.status, "progress": dict(self.progress),
-                "error": self.error, "cached": self.cached, "key": self.key}
+                "error": self.error, "cached": self.cached, "key": self.key or None}
 
     @property
     def is_finished(self) -> bool:
@@ -190,6 +190,7 @@ class JobQueue:
         self._lock = threading.RLock()
         self._seq = itertools.count()
         self._closed = False
+        self._running: dict[int, Job] = {}  # id(worker) -> the job it is running
 
     # ---------------------------------------------------------------------------------- workers
     def worker_of(self, model_id: str) -> _Worker:
@@ -210,6 +211,11 @@ class JobQueue:
 
         w.put(0, next(self._seq), run)
         return fut
+
+    def busy(self, model_id: str) -> bool:
+        """Whether the model's worker is running a job now (a quick call would wait for it)."""
+        with self._lock:
+            return id(self.worker_of(model_id)) in self._running
 
     async def run(self, model_id: str, fn: Callable[[Any], T]) -> T:
         """Await ``fn(lm)`` on the model's worker (the event loop keeps serving meanwhile)."""
@@ -236,6 +242,17 @@ class JobQueue:
         self.worker_of(model_id).put(1, next(self._seq), lambda: self._run(job, compute))
         return job
 
+    def submit_deferred(self, kind: str, model_id: str, prepare: Callable[[Any], tuple[str, dict[str, Any]]],
+                        compute: Callable[[Any, JobContext], Any]) -> Job:
+        """A job whose key is known only once it runs: queued at once (``key`` empty), it first calls
+        ``prepare(lm)`` (-> its key and meta; an error there fails the job with that error), then is done at
+        once when the key is cached, else computes. For requests that arrive while the worker is busy, so
+        that the request never waits for another job."""
+        with self._lock:
+            job = self._new(kind, model_id, "", None)
+        self.worker_of(model_id).put(1, next(self._seq), lambda: self._run(job, compute, prepare))
+        return job
+
     def _new(self, kind: str, model_id: str, key: str, meta: dict[str, Any] | None) -> Job:
         job = Job(id=secrets.token_hex(8), kind=kind, model=model_id, key=key, meta=dict(meta or {}))
         self.jobs[job.id] = job
@@ -249,8 +266,10 @@ class JobQueue:
         for jid in [j.id for j in self.jobs.values() if j.is_finished][:excess]:
             del self.jobs[jid]
 
-    def _run(self, job: Job, compute: Callable[[Any, JobContext], Any]) -> None:
+    def _run(self, job: Job, compute: Callable[[Any, JobContext], Any],
+             prepare: Callable[[Any], tuple[str, dict[str, Any]]] | None = None) -> None:
         ctx = JobContext(job)
+        w = self.worker_of(job.model)
         try:
             with self._lock:
                 if job.is_finished:  # cancelled while queued: it never runs
@@ -259,9 +278,15 @@ class JobQueue:
                     job._finish("cancelled")
                     return
                 job.status = "running"
+                self._running[id(w)] = job
             ctx.progress("loading model")
-            lm = self.worker_of(job.model).model(job.model)
+            lm = w.model(job.model)
             ctx.check()
+            if prepare is not None:
+                ctx.progress("preparing")
+                job.key, meta = prepare(lm)
+                job.meta.update(meta)
+                job.version += 1
             with self._lock:
                 hit = job.key in self.results
             if hit:  # computed meanwhile by a job of the same key
@@ -283,6 +308,7 @@ class JobQueue:
             job._finish("failed", error_json(e))
         finally:
             with self._lock:
+                self._running.pop(id(w), None)
                 if self._active.get(job.key) is job:
                     del self._active[job.key]
 
