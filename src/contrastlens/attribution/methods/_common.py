@@ -17,7 +17,7 @@ from contrastlens.attribution.baselines import fill_vector
 from contrastlens.attribution.explain import _objective_direction
 from contrastlens.attribution.methods.registry import MethodContext
 from contrastlens.errors import ContrastLensError, InputError
-from contrastlens.models.kv_cache import croppable, forward_keywords, output_cache
+from contrastlens.models.kv_cache import cache_prefix, croppable, forward_hidden
 from contrastlens.models.loaded import LoadedModel
 from contrastlens.objectives.registry import ObjectiveSpec, get_objective
 from contrastlens.rules.context import active_rule
@@ -85,37 +85,6 @@ def baseline_embedding(lm: LoadedModel, emb: torch.Tensor, kind: str) -> torch.T
     :func:`contrastlens.attribution.baselines.fill_vector`."""
     vec = fill_vector(lm, kind, dtype=emb.dtype).to(emb.device)
     return vec.expand(emb.shape[1], -1).clone()
-
-
-def forward_hidden(lm: LoadedModel, emb: torch.Tensor, *, start: int = 0, cache: Any = None,
-                   want_cache: bool = False) -> tuple[torch.Tensor, Any]:
-    """The last hidden states [B, s, d] of the embeddings ``emb`` [B, s, d] placed at positions
-    ``start .. start+s-1``, after the prefix held by ``cache`` (None: no prefix, ``start`` must be 0); and the
-    KV cache with ``want_cache``. Never computes logits."""
-    base = lm.adapter.base(lm.model)
-    b, s = emb.shape[0], emb.shape[1]
-    kw: dict[str, Any] = {"inputs_embeds": emb, "use_cache": want_cache or cache is not None,
-                          "position_ids": torch.arange(start, start + s, device=emb.device)[None].expand(b, -1)}
-    if cache is not None:
-        kw[forward_keywords(base)[0]] = cache
-    out = base(**kw)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return hidden, output_cache(out) if want_cache else None
-
-
-def cache_prefix(cache: Any, length: int, batch: int) -> Any:
-    """A fresh KV cache holding the first ``length`` positions of ``cache`` (batch 1) for a batch of
-    ``batch`` rows; None when there is no prefix or the cache cannot be cut (callers then recompute it)."""
-    if length <= 0 or not croppable(cache):
-        return None
-    from transformers.cache_utils import DynamicCache
-
-    data = [(layer.keys[:, :, :length].detach().expand(batch, -1, -1, -1),
-             layer.values[:, :, :length].detach().expand(batch, -1, -1, -1)) for layer in cache.layers]
-    try:
-        return DynamicCache(ddp_cache_data=data)
-    except TypeError:  # pragma: no cover - a transformers release without this constructor: recompute
-        return None
 
 
 @dataclass
@@ -220,5 +189,5 @@ def occluded_scores(lm: LoadedModel, emb: torch.Tensor, baseline: torch.Tensor, 
     return out, steps
 
 
-__all__ = ["BASELINES", "Objective", "baseline_embedding", "cache_prefix", "check_baseline", "embed",
+__all__ = ["BASELINES", "Objective", "baseline_embedding", "cache_prefix", "check_baseline", "croppable", "embed",
            "forward_hidden", "masked_scores", "occluded_scores", "pad_to", "plain_model", "plan_groups", "positive_int"]

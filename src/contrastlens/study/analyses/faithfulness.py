@@ -107,8 +107,14 @@ class DeltaForward:
     rows of target and contrast (plus their biases, then the model's final logit soft-cap if it has one):
     the n×V logits are never built.
 
+    A variant's positions before its first masked one are the input's own, so the forward reuses the KV cache
+    of the unmasked input for them: variants run sorted by their first masked position, and a chunk computes
+    only the suffix from its earliest one (models whose cache cannot be cut, e.g. with sliding-window layers,
+    run every chunk in full).
+
     ``maskable`` (bool [n]): the positions a mask may change. ``unmasked``: Δℓ of the input as it is.
-    ``n_variants`` / ``n_forwards``: how many variants and batched forward calls ran so far.
+    ``n_variants`` / ``n_forwards`` / ``n_token_steps``: how many variants, batched forward calls and
+    token positions (rows × suffix length) ran so far.
     """
 
     def __init__(self, lm: LoadedModel, ids: Sequence[int], target_id: int, contrast_id: int | None,
@@ -149,10 +155,11 @@ class DeltaForward:
         self.batch_size = batch_size if batch_size is not None else auto_batch_size(lm, self.position + 1)
         self.n_variants = 0
         self.n_forwards = 0
+        self.n_token_steps = 0
         self._unmasked: float | None = None
+        self._cache: Any = None  # the unmasked input's KV cache (False: not croppable)
 
         model, adapter = lm.model, lm.adapter
-        self._base = adapter.base(model)
         emb_mod = adapter.embedding(model)
         head = adapter.head(model)
         with torch.no_grad():
@@ -197,17 +204,39 @@ class DeltaForward:
             raise InputError(f"masks must be boolean, not {str(m.dtype).replace('torch.', '')}")
         m = (m.cpu() & self._maskable_t)[:, : self.position + 1]
         out = np.empty(m.shape[0], dtype=np.float64)
+        length = m.shape[1]
+        # each variant's first masked position (the last position for an unmasked one: it still needs a
+        # suffix of one token); variants run sorted by it, so a chunk's shared unchanged prefix is longest
+        first = torch.where(m.any(1), m.int().argmax(1), torch.full((m.shape[0],), length - 1))
+        first = first.clamp(max=length - 1)
+        order = torch.argsort(first, stable=True)
         for s in range(0, m.shape[0], self.batch_size):
-            chunk = m[s : s + self.batch_size].to(self._emb.device)
-            out[s : s + chunk.shape[0]] = self._run(chunk).cpu().numpy()
+            idx = order[s : s + self.batch_size]
+            chunk = m[idx].to(self._emb.device)
+            out[idx.numpy()] = self._run(chunk, int(first[idx].min())).cpu().numpy()
         self.n_variants += int(m.shape[0])
         return out
 
+    def _prefix_cache(self) -> Any:
+        """The KV cache of the unmasked input (computed once), or None when it cannot be cut to a prefix
+        (sliding-window layers): then every chunk runs from position 0."""
+        if self._cache is None:
+            from contrastlens.models.kv_cache import croppable, forward_hidden
+
+            _, cache = forward_hidden(self.lm, self._emb, want_cache=True)
+            self._cache = cache if croppable(cache) else False
+        return self._cache or None
+
     @torch.no_grad()
-    def _run(self, masks: torch.Tensor) -> torch.Tensor:
+    def _run(self, masks: torch.Tensor, start: int = 0) -> torch.Tensor:
+        from contrastlens.models.kv_cache import cache_prefix, forward_hidden
+
         emb = torch.where(masks[..., None], self._fill, self._emb.expand(masks.shape[0], -1, -1))
-        out = self._base(inputs_embeds=emb, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        past = cache_prefix(self._prefix_cache(), start, masks.shape[0]) if start > 0 else None
+        if past is None:
+            start = 0
+        hidden, _ = forward_hidden(self.lm, emb[:, start:], start=start, cache=past)
+        self.n_token_steps += int(hidden.shape[0] * hidden.shape[1])
         h = hidden[:, -1].double().to(self._w.device)  # [b, d]
         logits = h @ self._w.T + self._b  # [b, 2]
         if self._cap:
