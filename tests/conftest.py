@@ -29,3 +29,7 @@ def random_lm():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+# the headless Chromium of the browser tests (a module-scoped fixture; see tests/browser.py)
+from tests.browser import browser as browser  # noqa: E402

@@ -24,40 +24,6 @@ import pytest
 from contrastlens.study.report import PNG_SIGNATURE, render_report, write_report
 from tests.test_study_report import n_figures, sample_inputs
 
-REQUIRE = os.environ.get("CONTRASTLENS_REQUIRE_BROWSER") == "1"
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"CONTRASTLENS_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    _unavailable("no Chromium on PATH (install the `chromium` package; Playwright cannot download browsers here)")
-    raise AssertionError("unreachable")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        _unavailable("the playwright Python package is not installed (pip install playwright)")
-    exe = _chromium()
-    args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=exe, args=args, headless=True)
-        except Error as e:
-            _unavailable(f"Chromium at {exe} did not start under Playwright: {str(e).splitlines()[0]}")
-        yield b
-        b.close()
-
 
 class Offline:
     """A page with every request outside ``allowed`` aborted; blocked requests, CSP violations and script
