@@ -583,3 +583,18 @@ def test_page_headers_and_static_files(client, monkeypatch, tmp_path):
     assert client.get("/").text == "<html>built</html>"
     r = client.get("/static/app.js")
     assert r.status_code == 200 and r.text == "console.log(1)" and "javascript" in r.headers["content-type"]
+
+
+def test_a_case_whose_ids_do_not_map_to_the_model_is_refused(tmp_path):
+    """A case explained under a model whose tokenizer gives its ids other strings (a compared model of
+    another family): a 400 naming the mismatch, never an explanation of the wrong tokens."""
+    lm = _lm()
+    case = make_case(lm, "ifeval-other").model_copy(update={"target_str": "something else"})
+    (tmp_path / "c.jsonl").write_text(case.model_dump_json() + "\n", encoding="utf-8")
+    with TestClient(create_app(ServerSettings(cases_dir=str(tmp_path))), base_url=LOCAL) as c:
+        body = {"model": "random:llama", "input": {"case": {"file": "c.jsonl", "id": case.id}}}
+        r = c.post("/api/explain", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+        assert "different tokenizer" in r.json()["error"]["message"]
+        r = c.post("/api/logits", json={"model": "random:llama", "input": body["input"], "k": 3})
+        assert r.status_code == 400

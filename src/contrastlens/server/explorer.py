@@ -85,10 +85,13 @@ class Explorer:
     def inputs(self, lm: Any, inp: dict[str, Any]) -> Inputs:
         """The ids (and a case's target, contrast and segments) of an input; 413 over ``max_prompt_tokens``."""
         from contrastlens.attribution.explain import prepare_inputs
+        from contrastlens.cases.compat import check_ids_map
 
         if inp.get("case") is not None:
             ref = inp["case"]
             case = self.cases.case(ref["file"], ref["id"])
+            # the case's ids must mean the same under this model's tokenizer (a compared model, a checkpoint)
+            check_ids_map(lm, case)
             got = case.attribution_inputs(lm)
             res = Inputs(list(got.ids), got.target_id, got.contrast_id, dict(got.segments), case=True)
         elif inp.get("ids") is not None:
