@@ -1294,7 +1294,8 @@ def faithfulness_section(tables: Mapping[str, pd.DataFrame], settings: Faithfuln
         f"between them follow the AttnLRP paper. Confidence intervals: {int(s.level * 100)}% percentile "
         f"bootstrap over cases ({s.n_boot} resamples). The oracle is a greedy search for the smallest "
         "flipping set (an upper bound on what an ordering achieves when Δℓ is additive; a heuristic "
-        "otherwise).",
+        "otherwise, which a method can beat); the row \"best found\" is the smallest flipping set any search "
+        "found per case, the tightest known bound on the true minimum.",
         "",
     ]
     if claim is not None and len(claim):
