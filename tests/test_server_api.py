@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import contrastlens as cl
 from contrastlens.errors import InputError
 from contrastlens.server import ServerSettings, create_app
 from contrastlens.server.wire import decode_graph
+from tests.server_helpers import wait_job
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 LLAMA = "random:llama"
@@ -85,20 +85,10 @@ def client(settings):
         yield c
 
 
-def wait(c: TestClient, job: str, timeout: float = 60.0) -> dict:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        j = c.get(f"/api/jobs/{job}").json()
-        if j["status"] in ("done", "failed", "cancelled"):
-            return j
-        time.sleep(0.02)
-    raise AssertionError(f"job {job} did not finish")
-
-
 def run_job(c: TestClient, path: str, body: dict) -> tuple[dict, object]:
     r = c.post(path, json=body)
     assert r.status_code == 202, r.text
-    j = wait(c, r.json()["job"])
+    j = wait_job(c, r.json()["job"])
     assert j["status"] == "done", j
     res = c.get(f"/api/jobs/{j['job']}/result")
     assert res.status_code == 200
@@ -521,7 +511,7 @@ def test_result_before_done_is_409(client, monkeypatch):
         err(client.post("/api/neurons", json={"graph": job, "layer": "1", "pos": 1}), 409, "not_done")
     finally:
         go.set()
-    assert wait(client, job)["status"] == "done"
+    assert wait_job(client, job)["status"] == "done"
 
 
 def test_internal_errors_are_one_line_500s(settings, monkeypatch):

@@ -16,6 +16,7 @@ from contrastlens.errors import InputError
 from contrastlens.server import ServerSettings, create_app
 from contrastlens.server.jobs import JobQueue
 from contrastlens.server.resources import ApiError
+from tests.server_helpers import wait_job
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 LLAMA = "random:llama"
@@ -210,16 +211,6 @@ def client():
         yield c
 
 
-def _wait(c, job, timeout=60.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        j = c.get(f"/api/jobs/{job}").json()
-        if j["status"] in ("done", "failed", "cancelled"):
-            return j
-        time.sleep(0.02)
-    raise AssertionError("job did not finish")
-
-
 def _sse(c, job):
     import json
 
@@ -271,14 +262,14 @@ def test_cancel_a_running_graph_job_via_the_api(client, monkeypatch):
     r = client.delete(f"/api/jobs/{job}")
     assert r.status_code == 200 and r.json() == {"job": job, "status": "running"}
     go.set()
-    j = _wait(client, job)
+    j = wait_job(client, job)
     assert j["status"] == "cancelled" and len(calls) == 1
     assert client.get(f"/api/jobs/{job}/result").status_code == 409
     # the same request again computes afresh
     monkeypatch.setattr(build, "attribution_graph", real)
     again = client.post("/api/graph", json=body).json()
     assert again["job"] != job and not again["cached"]
-    assert _wait(client, again["job"])["status"] == "done"
+    assert wait_job(client, again["job"])["status"] == "done"
 
 
 def test_concurrent_clients_get_their_own_results(client):
@@ -296,7 +287,7 @@ def test_concurrent_clients_get_their_own_results(client):
             body = {"model": LLAMA, "input": {"prompt": prompts[k]}, "target": {"id": 11 + k}, "contrast": {"id": 40}}
             r = client.post("/api/explain", json=body)
             assert r.status_code == 202, r.text
-            j = _wait(client, r.json()["job"])
+            j = wait_job(client, r.json()["job"])
             assert j["status"] == "done", j
             lg = client.post("/api/logits", json={"model": LLAMA, "input": {"prompt": prompts[k]}, "k": 3})
             out[k] = (client.get(f"/api/jobs/{j['job']}/result").json(), lg.json())
@@ -355,13 +346,13 @@ def test_a_request_never_waits_for_a_running_job(client, monkeypatch):
         assert unknown.status_code == 404  # an unknown model is refused at once, busy or not
     finally:
         go.set()
-    assert _wait(client, graph)["status"] == "done"
-    j = _wait(client, good.json()["job"])
+    assert wait_job(client, graph)["status"] == "done"
+    j = wait_job(client, good.json()["job"])
     assert j["status"] == "done" and j["key"]
     res = client.get(f"/api/jobs/{j['job']}/result").json()
     ex = cl.explain(_random_lm("llama"), PROMPT + " Rome", 12, 44)
     np.testing.assert_allclose(res["input_relevance"], ex.input_relevance, rtol=1e-5, atol=1e-6)
-    fb = _wait(client, bad.json()["job"])
+    fb = wait_job(client, bad.json()["job"])
     assert fb["status"] == "failed" and fb["error"]["status"] == 400 and fb["error"]["code"] == "bad_request"
     assert "token" in fb["error"]["message"]
     # the same good request again, with the worker free: a cached job, done at once

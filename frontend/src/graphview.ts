@@ -14,7 +14,7 @@
  * counts are those of the whole pruned graph either way.
  */
 
-import { type Graph, isMid, nodeId } from "./clg";
+import { type Graph, isMid, nodeId, type Transition } from "./clg";
 import { BLUE, fmt, RED, visible } from "./dom";
 import type { Pruned } from "./prune";
 import type { Group } from "./state";
@@ -269,6 +269,31 @@ export class GraphView {
   }
 
   /** Kept edges at a node as drawn (with mid nodes hidden, the collapsed ones), strongest first. */
+  /** Visits every kept edge whose transition's rows and whose columns are in view, with the key of its |w|
+   * (the float's top 12 bits after the sign), transition by transition in the stored order (by |w|); ``fn``
+   * returns false to skip the rest of that transition. */
+  private visibleEdges(g: Graph, pr: Pruned, vx0: number, vx1: number, vy0: number, vy1: number,
+                       fn: (t: Transition, e: number, key: number, rs: number, rt: number) => boolean): void {
+    for (let k = 0; k < g.transitions.length; k++) {
+      const t = g.transitions[k];
+      const rs = this.drawRow[t.s];
+      const rt = this.drawRow[t.t];
+      if (rs < 0 || rt < 0 || rs === rt) continue;
+      if (Math.max(rs, rt) < vy0 || Math.min(rs, rt) > vy1) continue;
+      const kk = pr.keep[k];
+      const rows = t.rows;
+      const cols = t.cols;
+      const bits = bitsOf(t.vals);
+      for (let e = 0; e < kk.length; e++) {
+        if (!kk[e]) continue;
+        const i = cols[e];
+        const j = rows[e];
+        if ((i > j ? i : j) + 1 < vx0 || (i < j ? i : j) > vx1) continue;
+        if (!fn(t, e, (bits[e] & 0x7fffffff) >>> 19, rs, rt)) break;
+      }
+    }
+  }
+
   neighbours(node: NodeRef, limit = Infinity): ViewEdge[] {
     const g = this.g;
     const pr = this.pr;
@@ -362,27 +387,12 @@ export class GraphView {
     const hist = new Int32Array(4097);
     let inView = 0;
     let maxKey = 0;
-    for (let k = 0; k < g.transitions.length; k++) {
-      const t = g.transitions[k];
-      const rs = this.drawRow[t.s];
-      const rt = this.drawRow[t.t];
-      if (rs < 0 || rt < 0 || rs === rt) continue;
-      if (Math.max(rs, rt) < vy0 || Math.min(rs, rt) > vy1) continue;
-      const kk = pr.keep[k];
-      const rows = t.rows;
-      const cols = t.cols;
-      const bits = bitsOf(t.vals);
-      for (let e = 0; e < kk.length; e++) {
-        if (!kk[e]) continue;
-        const i = cols[e];
-        const j = rows[e];
-        if ((i > j ? i : j) + 1 < vx0 || (i < j ? i : j) > vx1) continue;
-        const key = (bits[e] & 0x7fffffff) >>> 19;
-        hist[key]++;
-        if (key > maxKey) maxKey = key;
-        inView++;
-      }
-    }
+    this.visibleEdges(g, pr, vx0, vx1, vy0, vy1, (_t, _e, key) => {
+      hist[key]++;
+      if (key > maxKey) maxKey = key;
+      inView++;
+      return true;
+    });
     // the smallest key such that the edges with a larger key fit the budget
     let thrKey = 0;
     let above = 0;
@@ -424,49 +434,33 @@ export class GraphView {
     const Y1 = P.y1;
     const ky = (P.y1 - P.y0) / (this.vy1 - this.vy0);
     const oy = 0.5 - this.vy0;
-    for (let k = 0; k < g.transitions.length; k++) {
-      const t = g.transitions[k];
-      const rs = this.drawRow[t.s];
-      const rt = this.drawRow[t.t];
-      if (rs < 0 || rt < 0 || rs === rt) continue;
-      if (Math.max(rs, rt) < vy0 || Math.min(rs, rt) > vy1) continue;
+    this.visibleEdges(g, pr, vx0, vx1, vy0, vy1, (t, e, key, rs, rt) => {
+      if (key < thrKey) return false; // sorted by |w|: nothing further in this transition qualifies
+      if (key === thrKey && inView > this.edgeBudget) {
+        if (room <= 0) return true;
+        room--;
+      }
       const ys = Y1 - (rs + oy) * ky;
       const yt = Y1 - (rt + oy) * ky;
-      const kk = pr.keep[k];
-      const rows = t.rows;
-      const cols = t.cols;
-      const vals = t.vals;
-      const bits = bitsOf(vals);
-      for (let e = 0; e < kk.length; e++) {
-        if (!kk[e]) continue;
-        const key = (bits[e] & 0x7fffffff) >>> 19;
-        if (key < thrKey) break; // sorted by |w|: nothing further in this transition qualifies
-        const i = cols[e];
-        const j = rows[e];
-        if ((i > j ? i : j) + 1 < vx0 || (i < j ? i : j) > vx1) continue;
-        if (key === thrKey && inView > this.edgeBudget) {
-          if (room <= 0) continue;
-          room--;
-        }
-        const w = vals[e];
-        const lvl = Math.min(N_BUCKETS - 1, Math.floor(N_BUCKETS * Math.sqrt(Math.abs(w) / (maxW || 1))));
-        const b = (w >= 0 ? 0 : N_BUCKETS) + lvl;
-        const xs = X0 + (i + ox) * kx;
-        const xt = X0 + (j + ox) * kx;
-        const p = paths[b];
-        p.moveTo(xs, ys);
-        p.lineTo(xt, yt);
-        if (drawn < cap) {
-          const o = drawn * 4;
-          this.lastSegs[o] = xs;
-          this.lastSegs[o + 1] = ys;
-          this.lastSegs[o + 2] = xt;
-          this.lastSegs[o + 3] = yt;
-          this.lastBuckets[drawn] = b;
-        }
-        drawn++;
+      const w = t.vals[e];
+      const lvl = Math.min(N_BUCKETS - 1, Math.floor(N_BUCKETS * Math.sqrt(Math.abs(w) / (maxW || 1))));
+      const b = (w >= 0 ? 0 : N_BUCKETS) + lvl;
+      const xs = X0 + (t.cols[e] + ox) * kx;
+      const xt = X0 + (t.rows[e] + ox) * kx;
+      const p = paths[b];
+      p.moveTo(xs, ys);
+      p.lineTo(xt, yt);
+      if (drawn < cap) {
+        const o = drawn * 4;
+        this.lastSegs[o] = xs;
+        this.lastSegs[o + 1] = ys;
+        this.lastSegs[o + 2] = xt;
+        this.lastSegs[o + 3] = yt;
+        this.lastBuckets[drawn] = b;
       }
-    }
+      drawn++;
+      return true;
+    });
     this.lastCount = Math.min(drawn, cap);
     const thin = Math.min(1, Math.max(0.35, colW / 4));
     for (let lvl = 0; lvl < N_BUCKETS; lvl++) {
