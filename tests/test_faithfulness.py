@@ -695,6 +695,7 @@ def test_report_recommendation_and_claim_follow_the_numbers():
     assert a.loc["random", "cases"] == 10 and a.loc["random", "rows"] == 20
     assert a.loc["random", "tokens_to_flip_mean"] == pytest.approx(30.5)
     assert a.loc["oracle", "tokens_to_flip_mean"] == 1.0 and a.loc["oracle", "cases"] == 10
+    assert a.loc["oracle", "rows"] == 10 and a.loc["best found", "rows"] == a.loc["best found", "cases"] == 10
     claim = claim_check(s, tokens=2.0, tolerance=1.0).set_index("benchmark")
     assert claim.loc["b1", "verdict"] == "holds" and claim.loc["b2", "verdict"] == "does not hold"
     assert claim.loc["all", "verdict"] == "does not hold" and claim.loc["b1", "mean"] == pytest.approx(2.0)

@@ -1039,7 +1039,7 @@ def _scopes(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 def summary_table(metrics: pd.DataFrame, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """:func:`summarize` per scope (``model``, ``benchmark``; ``all`` for every case) of a study's metrics
-    table: one row per method and one for the oracle. ``random``'s seeds are pooled (every seed's row of a
+    table: one row per method, one for the oracle and one for the best found set. ``random``'s seeds are pooled (every seed's row of a
     case counts; ``cases`` is the number of distinct cases, ``rows`` the rows pooled)."""
     import pandas as pd
 
@@ -1050,7 +1050,8 @@ def summary_table(metrics: pd.DataFrame, *, n_boot: int = 2000, level: float = 0
         out = summarize(t, n_boot=n_boot, level=level, seed=seed)
         counts = t.groupby("method", sort=False)["case"].nunique()
         rows = t.groupby("method", sort=False).size()
-        out["rows"] = [int(rows.get(m, counts.get(m, 0))) if m != "oracle" else int(t["case"].nunique())
+        per_case = ("oracle", BEST_FOUND)  # one value per case, not a method's rows
+        out["rows"] = [int(rows.get(m, counts.get(m, 0))) if m not in per_case else int(t["case"].nunique())
                        for m in out["method"]]
         out["cases"] = [int(counts.get(m, t["case"].nunique())) for m in out["method"]]
         out.insert(0, "benchmark", bench)
