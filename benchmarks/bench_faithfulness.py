@@ -10,6 +10,7 @@ oracle limit 3, random with 3 seeds) unless given.
 
     python benchmarks/bench_faithfulness.py                  # every clean SmolLM2 case (30)
     python benchmarks/bench_faithfulness.py --cases 5        # the first 5 (by length)
+    python benchmarks/bench_faithfulness.py --no-oracle      # the methods' orderings alone
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=None, help="only the first N cases (shortest first)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--oracle-limit", type=int, default=3)
+    ap.add_argument("--no-oracle", action="store_true",
+                    help="measure the methods' orderings only (the greedy oracle is most of the masked forwards)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args()
 
@@ -48,9 +51,10 @@ def main() -> None:
         cases = cases[: a.cases]
     lm = cl.load_model(a.model)
     s = FaithfulnessSettings(methods=CORE, steps=a.steps, limit=a.steps, oracle_limit=a.oracle_limit,
-                             random_seeds=[0, 1, 2], n_boot=200)
+                             oracle=not a.no_oracle, random_seeds=[0, 1, 2], n_boot=200)
     print(f"faithfulness suite: {a.model}, {len(cases)} clean cases, methods {', '.join(CORE)}, "
-          f"steps = limit = {a.steps}, oracle limit {a.oracle_limit}, {torch.get_num_threads()} torch threads")
+          f"steps = limit = {a.steps}, " + ("no oracle" if a.no_oracle else f"oracle limit {a.oracle_limit}")
+          + f", {torch.get_num_threads()} torch threads")
     print(f"{'case':26} {'tokens':>6} {'explain s':>9} {'masked s':>9} {'variants':>8} {'forwards':>8}")
     total0 = time.perf_counter()
     costs: dict[str, list[float]] = {}
