@@ -30,5 +30,8 @@ collect $S humaneval $S --limit "${HUMANEVAL_LIMIT:-164}" --max-new-tokens 320 -
 # $CONTRASTLENS_DATA has no agent_traces folder)
 collect $S gaia2 $S --max-new-tokens 32 --max-probes 1 --top-k 2
 # Qwen2.5-Coder-0.5B-Instruct (catalog): the first IFEval single-instruction items, for cross-size studies
-collect qwen2.5-coder-0.5b-instruct ifeval qwen2.5-coder-0.5b-instruct --limit "${QWEN_LIMIT:-24}" \
+collect qwen2.5-coder-0.5b-instruct ifeval qwen2.5-coder-0.5b-instruct --limit "${QWEN_LIMIT:-120}" \
   --max-new-tokens 128 --max-probes 4 --scan-probes 8 --rollout-slack 48 --filter n_instructions=1
+# ... and HumanEval+ (the coder model passes most items; about one clean case in six items)
+collect qwen2.5-coder-0.5b-instruct humaneval qwen2.5-coder-0.5b-instruct --limit "${QWEN_HUMANEVAL_LIMIT:-164}" \
+  --max-new-tokens 384 --max-probes 4 --scan-probes 8 --rollout-slack 48 --batch-size 4
