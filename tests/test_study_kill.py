@@ -43,7 +43,8 @@ def _cmd(study: Path, out: Path) -> list[str]:
 
 def _complete_units(out: Path) -> int:
     try:
-        return sum(1 for p in (out / "units").glob("*/*/unit.json"))
+        # a unit being written sits in a temporary folder (TMP_PREFIX) until its rename: not complete yet
+        return sum(1 for p in (out / "units").glob("*/*/unit.json") if not p.parent.name.startswith(TMP_PREFIX))
     except OSError:
         return 0
 
@@ -135,7 +136,9 @@ def test_sigkilled_study_run_resumes_to_the_uninterrupted_result(tmp_path):
         gt, wt = got.tables(a), want.tables(a)
         assert set(gt) == set(wt)
         for name in wt:
-            pd.testing.assert_frame_equal(_sorted(gt[name]), _sorted(wt[name]))
+            # float32 relevance from another process: equal up to the reduction order of its kernels
+                pd.testing.assert_frame_equal(_sorted(gt[name]), _sorted(wt[name]), check_exact=False, rtol=1e-4,
+                                              atol=1e-7)
     gtens, wtens = got.tensors("toy"), want.tensors("toy")
     assert set(gtens) == set(wtens) and len(wtens) == N_CASES * 2
     for k in wtens:
