@@ -137,8 +137,8 @@ def test_sigkilled_study_run_resumes_to_the_uninterrupted_result(tmp_path):
         assert set(gt) == set(wt)
         for name in wt:
             # float32 relevance from another process: equal up to the reduction order of its kernels
-                pd.testing.assert_frame_equal(_sorted(gt[name]), _sorted(wt[name]), check_exact=False, rtol=1e-4,
-                                              atol=1e-7)
+            pd.testing.assert_frame_equal(_sorted(gt[name]), _sorted(wt[name]), check_exact=False, rtol=1e-4,
+                                          atol=1e-7)
     gtens, wtens = got.tensors("toy"), want.tensors("toy")
     assert set(gtens) == set(wtens) and len(wtens) == N_CASES * 2
     for k in wtens:
