@@ -411,6 +411,58 @@ def test_oracle_limit_and_exhaustive_budget():
         greedy_oracle(Additive(W, C))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_oracle_given_singles_and_a_candidate_pool(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    w = rng.normal(size=n) + 0.3
+    c = float(np.sort(w)[::-1][:4].sum()) - 0.05  # flips at 4 tokens
+    full = greedy_oracle(Additive(w, c), n=n, limit=6)
+    # the single-mask values given: step 1 runs one probe instead of n variants, the same result
+    f = Additive(w, c)
+    given = greedy_oracle(f, n=n, limit=6, singles=c - w)
+    assert given == full
+    assert [len(m) for m in f.calls] == [1, 1] + [n - k for k in range(1, full.tokens)]
+    # wrong single values (another objective): detected at the probe, computed anew, the same result
+    f = Additive(w, c)
+    assert greedy_oracle(f, n=n, limit=6, singles=c - w + 1.0) == full
+    assert [len(m) for m in f.calls][:3] == [1, 1, n]
+    # a pool of 8: steps 2… try only the 8 best single positions (exact for an additive score)
+    f = Additive(w, c)
+    pooled = greedy_oracle(f, n=n, limit=6, candidates=8)
+    assert pooled == full
+    assert [len(m) for m in f.calls] == [1, n] + [8 - k for k in range(1, full.tokens)]
+    # a pool too small to flip: censored at the pool's size, never a position outside it
+    f = Additive(w, c)
+    small = greedy_oracle(f, n=n, limit=6, candidates=2)
+    assert small.censored and small.tokens == 2 and set(small.positions) == set(np.argsort(-w)[:2])
+    with pytest.raises(InputError, match="candidates must be a positive integer"):
+        greedy_oracle(Additive(w, c), n=n, candidates=0)
+    with pytest.raises(InputError, match="singles has 3 values"):
+        greedy_oracle(Additive(w, c), n=n, singles=[1.0, 2.0, 3.0])
+
+
+def test_oracle_takes_its_first_step_from_occlusion_on_a_real_model(random_lm):
+    from contrastlens.study.analyses.faithfulness import FaithfulnessSettings, evaluate_case
+
+    lm = random_lm("llama")
+    ids = _ids_with_bos(lm)
+    t, c = _top2(lm, ids)
+    explain = _explainer(lm, ids, t, c)
+    common = dict(methods=["attnlrp", "occlusion"], limit=3, oracle_limit=3, oracle_candidates=None)
+    shared = evaluate_case(lm, explain, FaithfulnessSettings(**common), case="c")
+    alone = evaluate_case(lm, explain, FaithfulnessSettings(**common, method_options={"occlusion": {"baseline": "mean"}}),
+                          case="c")
+    assert shared.meta["oracle_singles_from"] == "occlusion" and alone.meta["oracle_singles_from"] is None
+    ref = greedy_oracle(DeltaForward.from_explanation(lm, explain("attnlrp")), limit=3)
+    for res in (shared, alone):
+        oc = res.curves[res.curves["method"] == "oracle"].sort_values("k")["logit_diff"].to_numpy()
+        np.testing.assert_allclose(oc, ref.curve, rtol=1e-6, atol=1e-6)
+        assert (res.metrics["oracle_tokens_to_flip"] == ref.tokens).all()
+    # the single masks replaced by one probe (exact counts: test_oracle_given_singles_and_a_candidate_pool)
+    assert shared.meta["variants"] < alone.meta["variants"]
+
+
 def test_oracle_on_a_tiny_real_input_against_exhaustive_search(random_lm):
     lm = random_lm("llama")
     ids = [lm.tokenizer.bos_token_id] + lm.encode("The capital of France is")[:6]

@@ -67,6 +67,12 @@ def test_a_valid_study_resolves_paths_against_its_folder(tmp_path, monkeypatch):
     # data given: relative to the study file
     st2 = load_study(_write(tmp_path, BASE.replace('name = "s"', 'name = "s"\ndata = "../shared"'), "s2.toml"))
     assert st2.data == str((tmp_path / ".." / "shared").resolve())
+    # the variable relative: to the working directory, not to the study file
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CONTRASTLENS_DATA", "../bench-data")
+    assert load_study(p).data == str((tmp_path / "bench-data").resolve())
 
 
 @pytest.mark.parametrize("edit, expected", [

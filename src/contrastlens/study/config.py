@@ -365,7 +365,11 @@ def parse_study(data: Mapping[str, Any], *, root: str | os.PathLike, label: str 
                                      f"(models: {', '.join(names)})")
             analysis_models[name] = tuple(dict.fromkeys(chosen))
         analyses[name] = validate_settings(cls.Settings, table, where=f"[analyses.{name}]", label=label)
-    data_dir = _resolve_path(st.data, rootp) if st.data is not None else os.environ.get("CONTRASTLENS_DATA") or None
+    env_data = os.environ.get("CONTRASTLENS_DATA") or None
+    # the study's own ``data`` is relative to its file; the variable, like any path a user types, to the
+    # working directory
+    data_dir = (_resolve_path(st.data, rootp) if st.data is not None
+                else str(Path(env_data).expanduser().resolve()) if env_data is not None else None)
     r = sf.runner
     runner = RunnerSettings(num_cpus=r.num_cpus, num_gpus=r.num_gpus, actors_per_model=r.actors_per_model,
                             local_cpus=r.local_cpus, device=r.device)

@@ -39,7 +39,10 @@ of maskable positions; ``steps`` sets K, default m):
 - **oracle** (:func:`greedy_oracle`): greedy search for a small set whose masking flips the sign: at each
   step mask the one extra position that lowers Δℓ most (all candidates in one batched call), until Δℓ < 0
   or ``limit``. Its tokens-to-flip is a reference point for orderings; exact (equal to the exhaustive
-  minimum, :func:`exhaustive_flip`) when F is additive or a monotone function of an additive score.
+  minimum, :func:`exhaustive_flip`) when F is additive or a monotone function of an additive score. Its
+  first step is leave-one-out (taken from ``occlusion``'s values when given, checked at the chosen
+  position); ``candidates`` restricts later steps to the positions whose single masking lowered Δℓ most
+  (still exact for an additive F when the pool holds the flipping set).
 
 Aggregation over cases (:func:`summarize`, :func:`summarize_tokens_to_flip`): mean and median
 tokens-to-flip (censored values count as their limit, so the mean is a lower bound) with percentile
@@ -508,19 +511,66 @@ def _oracle_setup(forward: Any, maskable: Any, n: int | None) -> BoolArray:
     return np.asarray(maskable, dtype=bool).reshape(-1)
 
 
+#: how far given single-mask values may be from the forward's own (relative, at least 1 in units of Δℓ)
+SINGLES_RTOL = 1e-3
+
+
 def greedy_oracle(forward: MaskedForward, maskable: Any = None, *, n: int | None = None,
-                  limit: int | None = None) -> OracleResult:
-    """Greedy search for a small flipping set: each step masks the one extra maskable position that lowers
-    Δℓ most (every candidate in one batched call; ties: earlier position), until Δℓ < 0 or ``limit``
-    positions (default: every maskable one). At most limit · m variants."""
+                  limit: int | None = None, candidates: int | None = None, singles: Any = None) -> OracleResult:
+    """Greedy search for a small flipping set: each step masks the one extra position that lowers Δℓ most
+    (every candidate in one batched call; ties: earlier position), until Δℓ < 0 or ``limit`` positions
+    (default: every maskable one).
+
+    Step 1 tries every maskable position (m variants: leave-one-out). ``singles`` (float [n], optional):
+    Δℓ with each single position masked, already known (e.g. from leave-one-out occlusion with the same
+    fill); step 1 then runs no variants. ``candidates``: from step 2 on, only the ``candidates`` positions
+    whose single masking lowered Δℓ most are tried (None: every maskable position, at most limit · m
+    variants; with a pool, at most m + (limit − 1) · candidates). Δℓ of every chosen set on ``curve`` is
+    the forward's own value: given ``singles`` are checked at their best position and, when they differ from
+    the forward's value there by more than :data:`SINGLES_RTOL` (relative), computed anew."""
     mk = _oracle_setup(forward, maskable, n)
     cand = [int(i) for i in np.flatnonzero(mk)]
     lim = _steps(limit, len(cand), "limit")
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int | np.integer)
+                                   or candidates < 1):
+        raise InputError(f"candidates must be a positive integer or None, got {candidates!r}")
     current = np.zeros(mk.size, dtype=bool)
     d = float(evaluate_masks(forward, current[None])[0])
     curve: list[float] = [d]
     chosen: list[int] = []
-    while d >= 0 and len(chosen) < lim:
+    if d < 0 or lim == 0 or not cand:
+        return OracleResult(0, bool(d >= 0), (), tuple(curve))
+    def leave_one_out() -> FloatArray:
+        rows = np.zeros((len(cand), mk.size), dtype=bool)
+        rows[np.arange(len(cand)), cand] = True
+        return evaluate_masks(forward, rows)
+
+    one: FloatArray
+    if singles is not None:
+        one = np.asarray(singles, dtype=np.float64).reshape(-1)
+        if one.size != mk.size:
+            raise InputError(f"singles has {one.size} values for {mk.size} positions")
+        one = one[cand]
+        # the given values must be this forward's: check the best one, else compute them here
+        j = int(np.argmin(one))
+        probe = current.copy()
+        probe[cand[j]] = True
+        got = float(evaluate_masks(forward, probe[None])[0])
+        if not abs(got - float(one[j])) <= SINGLES_RTOL * max(1.0, abs(got)):
+            one = leave_one_out()
+        else:
+            one[j] = got
+    else:
+        one = leave_one_out()
+    if candidates is not None and candidates < len(cand):
+        keep = np.sort(np.argsort(one, kind="stable")[: int(candidates)])  # the pool, in position order
+        cand, one = [cand[i] for i in keep], one[keep]
+    j = int(np.argmin(one))
+    chosen.append(cand.pop(j))
+    current[chosen[-1]] = True
+    d = float(one[j])
+    curve.append(d)
+    while d >= 0 and len(chosen) < lim and cand:
         rows = np.repeat(current[None], len(cand), axis=0)
         rows[np.arange(len(cand)), cand] = True
         vals = evaluate_masks(forward, rows)
@@ -572,7 +622,8 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
                  masking: str = "zero", neutral_token_id: int | None = None, steps: int | None = None,
                  limit: int | None = None, oracle: bool = True, normalize: bool = True,
                  batch_size: int | None = None, forward: MaskedForward | None = None,
-                 case: str | None = None, oracle_limit: int | None = None) -> pd.DataFrame:
+                 case: str | None = None, oracle_limit: int | None = None,
+                 oracle_candidates: int | None = None) -> pd.DataFrame:
     """Every metric of one explained case for several attribution methods: one row per method.
 
     ``methods``: {name: attribution vector [n]} (default: the explanation's own relevance, named by its
@@ -592,7 +643,8 @@ def faithfulness(ex: Explanation, lm: LoadedModel | None, *, methods: Mapping[st
     """
     return faithfulness_and_curves(ex, lm, methods=methods, masking=masking, neutral_token_id=neutral_token_id,
                                    steps=steps, limit=limit, oracle=oracle, normalize=normalize,
-                                   batch_size=batch_size, forward=forward, case=case, oracle_limit=oracle_limit)[0]
+                                   batch_size=batch_size, forward=forward, case=case, oracle_limit=oracle_limit,
+                                   oracle_candidates=oracle_candidates)[0]
 
 
 CURVE_KINDS = ("morf", "lerf", "insertion")
@@ -602,14 +654,16 @@ def faithfulness_and_curves(ex: Explanation, lm: LoadedModel | None, *, methods:
                             masking: str = "zero", neutral_token_id: int | None = None, steps: int | None = None,
                             limit: int | None = None, oracle: bool = True, normalize: bool = True,
                             batch_size: int | None = None, forward: MaskedForward | None = None,
-                            case: str | None = None, oracle_limit: int | None = None
+                            case: str | None = None, oracle_limit: int | None = None,
+                            oracle_candidates: int | None = None, oracle_singles: Any = None
                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`faithfulness` and the curves it computed, from the same batched call: ``(metrics, curves)``.
 
     ``curves`` is in long format, one row per point: ``case``, ``method``, ``kind`` (``morf``: Δℓ_k after
     masking the top-k; ``lerf``: after masking the bottom-k; ``insertion``: with every maskable position
     masked except the top-k), ``k`` (0 … K) and ``logit_diff`` (Δℓ_k). With ``oracle``, the greedy
-    oracle's curve (Δℓ after each of its steps) follows as method ``oracle``, kind ``morf``.
+    oracle's curve (Δℓ after each of its steps) follows as method ``oracle``, kind ``morf``;
+    ``oracle_candidates`` and ``oracle_singles`` are :func:`greedy_oracle`'s ``candidates`` and ``singles``.
     """
     import pandas as pd
 
@@ -637,7 +691,8 @@ def faithfulness_and_curves(ex: Explanation, lm: LoadedModel | None, *, methods:
                    _insertion_masks(order, mk, k)]
     vals = evaluate_masks(forward, np.vstack(blocks + [np.zeros((1, n), dtype=bool)]))
     d0 = float(vals[-1])
-    orc = greedy_oracle(forward, mk, limit=orc_lim) if oracle else None
+    orc = (greedy_oracle(forward, mk, limit=orc_lim, candidates=oracle_candidates, singles=oracle_singles)
+           if oracle else None)
     label = case or _case_label(ex)
     rows = []
     for i, name in enumerate(orders):
@@ -796,8 +851,11 @@ class FaithfulnessSettings:
     ``random_seeds``, reported as one method), ``method_options`` ({method: {option: value}}, e.g.
     ``{"ig": {"steps": 32}}``), ``masking`` (``zero``, ``neutral`` with ``neutral_token``, ``mean``),
     ``steps`` / ``limit`` (K of the curves and the censoring limit of tokens-to-flip; None: every maskable
-    position), ``oracle`` with ``oracle_limit`` (its censoring limit; it costs up to limit × m variants) and
-    ``oracle_max_positions`` (no oracle above this many maskable positions). Inputs longer than
+    position), ``oracle`` with ``oracle_limit`` (its censoring limit), ``oracle_candidates`` (from its second
+    step on, only this many positions, those whose single masking lowered Δℓ most, are tried: m +
+    (limit − 1) × candidates variants; None: every maskable position, limit × m) and
+    ``oracle_max_positions`` (no oracle above this many maskable positions). The oracle's first step
+    (leave-one-out) is taken from ``occlusion`` when that method runs with the masking's fill (zero). Inputs longer than
     ``max_positions`` tokens skip the ``expensive`` methods (O(n) forwards each) and cap ``steps`` at
     ``long_steps`` and ``limit`` at ``long_limit``. ``batch_size``: variants per forward (None: automatic).
 
@@ -817,6 +875,7 @@ class FaithfulnessSettings:
     limit: int | None = None
     oracle: bool = True
     oracle_limit: int | None = 10
+    oracle_candidates: int | None = 64
     oracle_max_positions: int = 2048
     max_positions: int = 4096
     expensive: list[str] = field(default_factory=lambda: ["occlusion", "ig"])
@@ -878,6 +937,7 @@ def check_settings(s: FaithfulnessSettings) -> list[str]:
         raise InputError("masking = 'neutral' needs neutral_token (and neutral_token needs masking = 'neutral')")
     for key in ("steps", "limit", "oracle_limit"):
         _optional_count(getattr(s, key), key)
+    _optional_count(s.oracle_candidates, "oracle_candidates", zero=False)
     for key in ("oracle_max_positions", "max_positions", "long_steps", "long_limit"):
         _optional_count(getattr(s, key), key, zero=False)
         if getattr(s, key) is None:
@@ -979,9 +1039,15 @@ def evaluate_case(lm: LoadedModel, explain: Callable[..., Explanation], settings
                         "reason": f"{m} maskable positions > oracle_max_positions={s.oracle_max_positions}"})
     import pandas as pd
 
+    singles = None
+    occ_fill = opts.get("occlusion", {}).get("baseline", "zero")
+    if oracle and "occlusion" in scores and s.masking == "zero" and occ_fill == "zero":
+        # occlusion's R_i = S(x) − S(x with i zeroed): the oracle's first step, Δℓ with i masked, for free
+        singles = forward.unmasked - np.asarray(_scores(scores["occlusion"], n), dtype=np.float64)
     if scores:
         metrics, curves = faithfulness_and_curves(ref, lm, methods=scores, forward=forward, steps=steps, limit=limit,
-                                                  oracle=oracle, oracle_limit=s.oracle_limit, case=case)
+                                                  oracle=oracle, oracle_limit=s.oracle_limit, case=case,
+                                                  oracle_candidates=s.oracle_candidates, oracle_singles=singles)
     else:
         metrics, curves = pd.DataFrame(), pd.DataFrame()
     if len(metrics):
@@ -998,6 +1064,7 @@ def evaluate_case(lm: LoadedModel, explain: Callable[..., Explanation], settings
         curves["seed"] = pd.array([info[k][1] if k in info else None for k in ckeys], dtype="Int64")
     meta = {"n_tokens": n, "n_maskable": m, "steps": steps, "limit": limit, "oracle": oracle,
             "attnlrp_seconds": ref_s, "variants": forward.n_variants, "forwards": forward.n_forwards,
+            "oracle_singles_from": "occlusion" if singles is not None else None,
             "spec_hashes": hashes, "skipped": {r["method"]: r["reason"] for r in skipped}}
     return CaseEvaluation(metrics, curves, pd.DataFrame(skipped, columns=["method", "n_tokens", "reason"]), meta)
 
