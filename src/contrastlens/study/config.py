@@ -369,7 +369,7 @@ def parse_study(data: Mapping[str, Any], *, root: str | os.PathLike, label: str 
     # the study's own ``data`` is relative to its file; the variable, like any path a user types, to the
     # working directory
     data_dir = (_resolve_path(st.data, rootp) if st.data is not None
-                else str(Path(env_data).expanduser().resolve()) if env_data is not None else None)
+                else _resolve_path(env_data, Path.cwd()) if env_data is not None else None)
     r = sf.runner
     runner = RunnerSettings(num_cpus=r.num_cpus, num_gpus=r.num_gpus, actors_per_model=r.actors_per_model,
                             local_cpus=r.local_cpus, device=r.device)

@@ -540,45 +540,41 @@ def greedy_oracle(forward: MaskedForward, maskable: Any = None, *, n: int | None
     chosen: list[int] = []
     if d < 0 or lim == 0 or not cand:
         return OracleResult(0, bool(d >= 0), (), tuple(curve))
-    def leave_one_out() -> FloatArray:
-        rows = np.zeros((len(cand), mk.size), dtype=bool)
+
+    def with_each_candidate() -> FloatArray:  # Δℓ of the current set plus each candidate, in one call
+        rows = np.repeat(current[None], len(cand), axis=0)
         rows[np.arange(len(cand)), cand] = True
         return evaluate_masks(forward, rows)
 
-    one: FloatArray
+    vals: FloatArray
     if singles is not None:
-        one = np.asarray(singles, dtype=np.float64).reshape(-1)
-        if one.size != mk.size:
-            raise InputError(f"singles has {one.size} values for {mk.size} positions")
-        one = one[cand]
+        vals = np.asarray(singles, dtype=np.float64).reshape(-1)
+        if vals.size != mk.size:
+            raise InputError(f"singles has {vals.size} values for {mk.size} positions")
+        vals = vals[cand]
         # the given values must be this forward's: check the best one, else compute them here
-        j = int(np.argmin(one))
+        j = int(np.argmin(vals))
         probe = current.copy()
         probe[cand[j]] = True
         got = float(evaluate_masks(forward, probe[None])[0])
-        if not abs(got - float(one[j])) <= SINGLES_RTOL * max(1.0, abs(got)):
-            one = leave_one_out()
+        if not abs(got - float(vals[j])) <= SINGLES_RTOL * max(1.0, abs(got)):
+            vals = with_each_candidate()
         else:
-            one[j] = got
+            vals[j] = got
     else:
-        one = leave_one_out()
+        vals = with_each_candidate()
     if candidates is not None and candidates < len(cand):
-        keep = np.sort(np.argsort(one, kind="stable")[: int(candidates)])  # the pool, in position order
-        cand, one = [cand[i] for i in keep], one[keep]
-    j = int(np.argmin(one))
-    chosen.append(cand.pop(j))
-    current[chosen[-1]] = True
-    d = float(one[j])
-    curve.append(d)
-    while d >= 0 and len(chosen) < lim and cand:
-        rows = np.repeat(current[None], len(cand), axis=0)
-        rows[np.arange(len(cand)), cand] = True
-        vals = evaluate_masks(forward, rows)
+        keep = np.sort(np.argsort(vals, kind="stable")[: int(candidates)])  # the pool, in position order
+        cand, vals = [cand[i] for i in keep], vals[keep]
+    while True:
         j = int(np.argmin(vals))
         chosen.append(cand.pop(j))
         current[chosen[-1]] = True
         d = float(vals[j])
         curve.append(d)
+        if d < 0 or len(chosen) >= lim or not cand:
+            break
+        vals = with_each_candidate()
     return OracleResult(len(chosen), bool(d >= 0), tuple(chosen), tuple(curve))
 
 
@@ -1043,7 +1039,7 @@ def evaluate_case(lm: LoadedModel, explain: Callable[..., Explanation], settings
     occ_fill = opts.get("occlusion", {}).get("baseline", "zero")
     if oracle and "occlusion" in scores and s.masking == "zero" and occ_fill == "zero":
         # occlusion's R_i = S(x) − S(x with i zeroed): the oracle's first step, Δℓ with i masked, for free
-        singles = forward.unmasked - np.asarray(_scores(scores["occlusion"], n), dtype=np.float64)
+        singles = forward.unmasked - _scores(scores["occlusion"], n)
     if scores:
         metrics, curves = faithfulness_and_curves(ref, lm, methods=scores, forward=forward, steps=steps, limit=limit,
                                                   oracle=oracle, oracle_limit=s.oracle_limit, case=case,
