@@ -815,7 +815,7 @@ def test_the_analysis_through_a_unit_context(random_lm):
                        failure_index=0, target_id=t, contrast_id=c, delta_logit=dl, clean=dl > 1, method="manual",
                        completion_before_err="", provenance=lm.provenance().to_dict())
     an = get_analysis("faithfulness")
-    assert isinstance(an, FaithfulnessAnalysis) and an.version == 2
+    assert isinstance(an, FaithfulnessAnalysis) and an.version == 3
     study = StudyInfo("s", (ModelRef("m", "random:llama"),), {})
     settings = FaithfulnessSettings(methods=["attnlrp", "ixg", "random"], random_seeds=[0], n_boot=200)
     assert an.skip(case, study.models[0], study, settings) is None

@@ -154,7 +154,7 @@ def test_lrp_occlusion_verifies_the_attnlrp_shortlist(random_lm, arch):
     k = 5
     # no refinement and a budget that admits the whole shortlist: the shortlist carries its single effects
     lo = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
-                    method_params={"k": k, "batch_size": 2, "refine": False, "budget": 100})
+                    method_params={"k": k, "recent": 0, "batch_size": 2, "refine": False, "budget": 100})
     occ = cl.explain(lm, ids, 11, 17, method="occlusion")
     lrp = cl.explain(lm, ids, 11, 17)
     sl = lo.meta["shortlist"]
@@ -162,9 +162,17 @@ def test_lrp_occlusion_verifies_the_attnlrp_shortlist(random_lm, arch):
     # tokens in this prompt); rank="abs" takes the k largest |AttnLRP|
     assert sl == sorted(np.argsort(-lrp.input_relevance, kind="stable")[:k].tolist())
     ab = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
-                    method_params={"k": k, "refine": False, "budget": 100, "rank": "abs"})
+                    method_params={"k": k, "recent": 0, "refine": False, "budget": 100, "rank": "abs"})
     assert ab.meta["shortlist"] == sorted(np.argsort(-np.abs(lrp.input_relevance), kind="stable")[:k].tolist())
     assert ab.meta["shortlist"] != sl
+    # with recent=r the r latest positions join the shortlist (the explained one included)
+    rc = cl.explain(lm, ids, 11, 17, method="lrp-occlusion",
+                    method_params={"k": k, "recent": 3, "refine": False, "budget": 100})
+    n = len(ids)
+    assert rc.meta["recent"] == [n - 3, n - 2, n - 1]
+    assert rc.meta["shortlist"] == sorted(set(sl) | {n - 3, n - 2, n - 1})
+    np.testing.assert_allclose(rc.input_relevance[rc.meta["shortlist"]], occ.input_relevance[rc.meta["shortlist"]],
+                               rtol=1e-4, atol=2e-6)
     # its values are the occlusion effects, so its ranking is occlusion's
     np.testing.assert_allclose(lo.input_relevance[sl], occ.input_relevance[sl], rtol=1e-4, atol=2e-6)
     assert (np.argsort(-np.abs(lo.input_relevance[sl])) == np.argsort(-np.abs(occ.input_relevance[sl]))).all()
@@ -219,9 +227,10 @@ def _masked_score(lm, ids, positions, t=11, c=17):
 def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist(random_lm, arch, target, contrast):
     lm = random_lm(arch)
     ids = lm.encode(PROMPT * 2)
-    lo = cl.explain(lm, ids, target, contrast, method="lrp-occlusion", method_params={"k": 6, "budget": 1000})
+    lo = cl.explain(lm, ids, target, contrast, method="lrp-occlusion",
+                    method_params={"k": 6, "recent": 3, "budget": 1000})
     sl, picks, path = lo.meta["shortlist"], lo.meta["greedy"], lo.meta["greedy_scores"]
-    assert len(sl) == 6 and picks and len(path) == len(picks) and set(picks) <= set(sl)
+    assert 6 <= len(sl) <= 9 and picks and len(path) == len(picks) and set(picks) <= set(sl)
     # brute force: each pick lowers Δℓ the most among the shortlisted positions not yet picked
     chosen: list[int] = []
     for t, p in enumerate(picks):
@@ -248,17 +257,29 @@ def test_lrp_occlusion_greedy_refinement_is_the_greedy_search_over_the_shortlist
         assert lo.meta["lead_from"] == "prefix" and lo.meta["lead"] == order[:prefix_flip]
     elif greedy_flip:
         assert lo.meta["lead_from"] == "greedy" and lo.meta["lead"] == picks
-    else:
-        assert lo.meta["lead_from"] is None and lo.meta["lead"] == []
+    else:  # neither flips: the greedy picks down to the lowest point of their path, when below the start
+        low = int(np.argmin(path))
+        want = picks[: low + 1] if path[low] < lo.logit_diff else []
+        assert lo.meta["lead"] == want and lo.meta["lead_from"] == ("greedy" if want else None)
     lead = lo.meta["lead"]
     assert lo.meta["flipped"] == (greedy_flip or prefix_flip is not None)
     if lo.meta["flipped"]:
         assert _masked_score(lm, ids, lead, target, contrast) < 0
     top = np.argsort(-lo.input_relevance, kind="stable")[: len(lead)].tolist()
     assert top == lead
-    # behind the lead: AttnLRP's relevance itself (its ranking)
-    rest = [i for i in range(len(ids)) if i not in lead]
-    np.testing.assert_array_equal(lo.input_relevance[rest], lrp.input_relevance[rest])
+    # behind the lead the verified ranking: shortlisted positions carry their single effect (brute force),
+    # the rest AttnLRP scaled by one positive factor below the smallest nonzero effect
+    clean = _masked_score(lm, ids, [], target, contrast)
+    for i in sl:
+        if i not in lead:
+            assert lo.input_relevance[i] == pytest.approx(clean - _masked_score(lm, ids, [i], target, contrast),
+                                                          rel=1e-3, abs=2e-4), i
+    rest = [i for i in range(len(ids)) if i not in lead and i not in sl]
+    scale = lo.meta["lrp_scale"]
+    assert 0 < scale <= 1
+    np.testing.assert_allclose(lo.input_relevance[rest], scale * lrp.input_relevance[rest], rtol=1e-5, atol=1e-8)
+    effects = np.abs(np.asarray(list(lo.meta["effects"].values())))
+    assert np.abs(lo.input_relevance[rest]).max() < effects[effects > 0].min()
     if lo.meta["lead_from"] == "greedy":  # the picks carry at least their drop of Δℓ
         drops = -np.diff([lo.logit_diff] + path)
         assert np.all(lo.input_relevance[picks] >= drops.astype(np.float32) - 1e-6)
@@ -277,6 +298,16 @@ def test_lrp_occlusion_lead_is_the_smaller_flipping_set():
     assert choose_lead(2.0, [3, 9], [1.0, -0.5], order, [1.5, -0.1])[2] == "greedy"
     assert choose_lead(2.0, [3], [1.0], order, [1.5, 0.5, -0.1])[2:] == ("prefix", True)
     assert choose_lead(2.0, [3, 9], [1.0, 0.5], order, [1.5, 0.7]) == ([3, 9], [1.0, 0.5], "greedy", False)
+    # neither flips: the picks down to the path's lowest point; none when no pick lowered S
+    assert choose_lead(2.0, [3, 9, 7], [1.0, 1.4, 1.2], order, []) == ([3], [1.0], "greedy", False)
+    assert choose_lead(2.0, [3], [2.5], order, [2.5]) == ([], [], "greedy", False)
+
+
+def test_interleave_alternates_and_keeps_each_position_once():
+    from contrastlens.attribution.methods.lrp_occlusion import interleave
+
+    assert interleave([5, 2, 9], [12, 11, 10, 9, 8]) == [5, 12, 2, 11, 9, 10, 8]
+    assert interleave([], [3, 2]) == [3, 2] and interleave([4], []) == [4]
 
 
 def test_lrp_occlusion_stays_within_its_budget_at_any_length(random_lm):
@@ -306,8 +337,13 @@ def test_lrp_occlusion_skips_special_tokens_and_takes_a_rule(random_lm):
     lm = random_lm("qwen3")
     lo = cl.explain(lm, "What is 3 + 5?", 11, 17, chat=True, method="lrp-occlusion",
                     method_params={"k": 3, "budget": 100})
-    assert not any(lo.special_mask[i] for i in lo.meta["shortlist"]) and len(lo.meta["shortlist"]) == 3
-    cp = cl.explain(lm, PROMPT, 11, 17, method="lrp-occlusion", rule="cp-lrp", method_params={"k": 3, "budget": 100})
+    sl = lo.meta["shortlist"]
+    assert not any(lo.special_mask[i] for i in sl) and 3 <= len(sl) <= 3 + 8
+    # the recent positions: the 8 latest non-special ones (a chat prompt ends in special tokens)
+    latest = [i for i in range(lo.n_tokens - 1, -1, -1) if not lo.special_mask[i]][:8]
+    assert any(lo.special_mask[min(latest):]) and lo.meta["recent"] == sorted(latest)
+    cp = cl.explain(lm, PROMPT, 11, 17, method="lrp-occlusion", rule="cp-lrp",
+                    method_params={"k": 3, "recent": 0, "budget": 100})
     lrp = cl.explain(lm, PROMPT, 11, 17, rule="cp-lrp")
     assert cp.spec.rule == "cp-lrp"
     assert cp.meta["shortlist"] == sorted(np.argsort(-lrp.input_relevance, kind="stable")[:3].tolist())
@@ -379,6 +415,7 @@ def test_rule_is_a_synonym_and_conflicts_are_errors(random_lm):
     ("occlusion", {"batch_size": 1.5}, "batch_size must be a positive integer"),
     ("random", {"seed": "x"}, "seed must be an integer"),
     ("lrp-occlusion", {"k": True}, "k must be a positive integer"),
+    ("lrp-occlusion", {"recent": -1}, "recent must be a non-negative integer"),
 ])
 def test_unknown_or_bad_method_options_are_errors(random_lm, method, options, msg):
     with pytest.raises(InputError, match=msg):
