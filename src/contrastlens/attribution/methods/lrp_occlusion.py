@@ -4,12 +4,13 @@
 2. **Shortlist.** Non-special positions are occluded, each alone (its embedding replaced by the baseline),
    in batched forwards that reuse the unchanged prefix: the LRP forward keeps its KV cache, and a batch runs
    only the suffix from its earliest position (batches are split so that the total suffix work is
-   smallest). Effect e_i = S(x) − S(x without i). Candidates, in the order they are admitted: the
-   ``recent`` latest positions (the explained one and those just before it), then the ``k`` others with
+   smallest). Effect e_i = S(x) − S(x without i). Candidates are admitted alternately from two lists
+   (R's first, the latest, R's second, the second latest, …; each position once): the ``k`` positions with
    the largest R (``rank="support"``, default: the tokens that support the target most; occluding one that
-   supports the contrast only raises S) or the largest |R| (``rank="abs"``, verifies both signs).
-   The recent positions come first because they are both cheap (a suffix of a few tokens) and, on real
-   failures, where single occlusion finds most of its large effects while AttnLRP often ranks them low
+   supports the contrast only raises S) or the largest |R| (``rank="abs"``, verifies both signs), and the
+   ``recent`` latest positions (the explained one and those just before it). The recent positions are
+   both cheap (a suffix of a few tokens) and, on real failures, where single occlusion finds most of its
+   large effects while AttnLRP often ranks them low
    (the tokens that set up the next one: "the answer is", the "$" before a number); the positions far
    back that R ranks first each cost nearly a full forward.
 3. **Refinement** (``refine``), two searches for a small set M whose occlusion flips the prediction

@@ -1437,8 +1437,9 @@ class FaithfulnessAnalysis:
 
     name: ClassVar[str] = "faithfulness"
     Settings: ClassVar[type] = FaithfulnessSettings
-    # 2: lrp-occlusion shortlists the tokens supporting the target and adds the LRP prefix (its results differ)
-    version: ClassVar[int] = 3  # 3: lrp-occlusion with recent positions and the verified ranking
+    # 2: lrp-occlusion shortlists the tokens supporting the target and adds the LRP prefix (its results differ);
+    # 3: lrp-occlusion adds the recent positions and ranks by the verified effects
+    version: ClassVar[int] = 3
     # the methods are named in the settings: a unit does not depend on the study's rule
     per_rule: ClassVar[bool] = False
     # read by the report only: changing one re-renders the report and re-runs no unit
