@@ -310,6 +310,18 @@ def test_interleave_alternates_and_keeps_each_position_once():
     assert interleave([], [3, 2]) == [3, 2] and interleave([4], []) == [4]
 
 
+def test_candidates_interleave_the_top_of_r_with_the_latest_non_special_positions():
+    from contrastlens.attribution.methods.lrp_occlusion import candidates
+
+    r = torch.tensor([0.1, 3.0, -5.0, 2.0, 0.5, 4.0, 0.0])
+    special = [True, False, False, False, False, False, True]
+    # R's top 3 by support: 5, 1, 3; the 2 latest non-special: 5, 4 (6 is special)
+    assert candidates(r, special, 3, 2) == ([5, 1, 4, 3], [5, 4])
+    # by |R|: 2, 5, 1; no recent positions: R's order alone
+    assert candidates(r, special, 3, 0, "abs") == ([2, 5, 1], [])
+    assert candidates(r, special, 0, 3) == ([5, 4, 3], [5, 4, 3])
+
+
 def test_lrp_occlusion_stays_within_its_budget_at_any_length(random_lm):
     from contrastlens.attribution.methods.lrp_occlusion import FORWARD_OVERHEAD, work
 

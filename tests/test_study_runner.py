@@ -4,9 +4,11 @@ vocabulary, a checkpoint series with two tokenizers, a failing unit) is listed w
 store stays consistent, and the CLI (run / status / report / label)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import contrastlens as cl
@@ -222,6 +224,37 @@ def test_only_runs_the_named_analyses(tmp_path, lms):
 
     with pytest.raises(InputError, match="--only toy3: not an analysis of study"):
         run_study(p, out, progress=False, only=["toy3"])
+
+
+def test_a_results_folder_travels_to_another_place_and_runs_only_the_missing_units(tmp_path, lms):
+    # the study and its cases in one place, run there ...
+    root, out = tmp_path / "here" / "s", tmp_path / "here" / "out"
+    write_cases(root / "a.jsonl", make_cases(lms["llama"], 3))
+    kw = dict(models=[{"name": "llama", "source": "random:llama"}], cases=[{"path": "a.jsonl"}],
+              analyses={"toy": {}})
+    p = _study(root, **kw)
+    first = run_study(p, out, progress=False)
+    assert _counts(first) == (3, 0, 0, 0)
+    # ... and copied elsewhere (another folder, as a clone would be): study.json and two of the three unit
+    # folders, no manifest, summary or log
+    root2, out2 = tmp_path / "there" / "study", tmp_path / "there" / "results"
+    shutil.copytree(root, root2)
+    units = sorted((out / "units" / "toy").iterdir())
+    (out2 / "units" / "toy").mkdir(parents=True)
+    shutil.copy(out / "study.json", out2 / "study.json")
+    for u in units[:2]:
+        shutil.copytree(u, out2 / "units" / "toy" / u.name)
+    second = run_study(root2 / "study.toml", out2, progress=False)
+    assert _counts(second) == (1, 2, 0, 0)
+    assert sorted(d.name for d in (out2 / "units" / "toy").iterdir()) == [u.name for u in units]
+    a = Store.open(out).tables("toy")
+    b = Store.open(out2).tables("toy")
+    assert a.keys() == b.keys()
+    for name in a:
+        cols = [c for c in a[name].columns if c not in ("seconds", "wall_seconds")]
+        x = a[name][cols].sort_values(["case"]).reset_index(drop=True)
+        y = b[name][cols].sort_values(["case"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(x, y)
 
 
 def test_cli_run_status_report_and_bad_input(tmp_path, lms, capsys):

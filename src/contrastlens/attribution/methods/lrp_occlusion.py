@@ -84,9 +84,14 @@ from contrastlens.errors import InputError
 RANKS = ("support", "abs")
 
 
-def shortlist(relevance: torch.Tensor, special: list[bool], k: int, rank: str = "support") -> list[int]:
-    """The first ``k`` positions of :func:`ranked`, sorted by position."""
-    return sorted(ranked(relevance, special, rank)[:k])
+def candidates(relevance: torch.Tensor, special: list[bool], k: int, recent: int, rank: str = "support"
+               ) -> tuple[list[int], list[int]]:
+    """The shortlist's admission order and the recent positions: R's first (:func:`ranked`), the latest
+    non-special position, R's second, the second latest, ... (:func:`interleave`; each position once), from
+    R's top ``k`` and the ``recent`` latest non-special positions (the explained one included). Returns
+    (admission order, the recent positions from the latest back)."""
+    latest = [i for i in range(len(special) - 1, -1, -1) if not special[i]][:recent]
+    return interleave(ranked(relevance, special, rank)[:k], latest), latest
 
 
 def ranked(relevance: torch.Tensor, special: list[bool], rank: str = "support") -> list[int]:
@@ -190,9 +195,7 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, recent: int, budget: float, ref
     specials = lm.special_ids()
     special = [i in specials for i in ctx.ids[:length]]
     order = ranked(R[:length], special, rank)
-    # admission order: R's first, the latest, R's second, the second latest, ... (each position once)
-    latest = [i for i in range(length - 1, -1, -1) if not special[i]][:recent]
-    candidates = interleave(order[:k], latest)
+    admission, latest = candidates(R[:length], special, k, recent, rank)
     obj = Objective(res.objective, res.u, res.const, res.logits)
     budget_steps = budget * length
     with plain_model(lm, "lrp-occlusion"), torch.no_grad():
@@ -203,7 +206,7 @@ def lrp_occlusion(ctx: MethodContext, *, k: int, recent: int, budget: float, ref
             _, cache = forward_hidden(lm, x, want_cache=True)
             steps += length
         reuse = croppable(cache)
-        chosen = admit(candidates, length, len(candidates), budget_steps * (0.5 if refine else 1.0), batch_size,
+        chosen = admit(admission, length, len(admission), budget_steps * (0.5 if refine else 1.0), batch_size,
                        prefix_reuse=reuse)
         groups = plan_groups(chosen, length, batch_size, prefix_reuse=reuse)
         scores, occ_steps = occluded_scores(lm, x, b, groups, obj, cache)
@@ -291,4 +294,4 @@ def _above(v: float) -> float:
     return float(torch.tensor(v + step, dtype=torch.float32))
 
 
-__all__ = ["FORWARD_OVERHEAD", "RANKS", "admit", "choose_lead", "interleave", "lrp_occlusion", "ranked", "shortlist", "work"]
+__all__ = ["FORWARD_OVERHEAD", "RANKS", "admit", "candidates", "choose_lead", "interleave", "lrp_occlusion", "ranked", "work"]
